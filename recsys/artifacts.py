@@ -1,0 +1,143 @@
+"""Versioned artifacts under one root, each with a manifest.
+
+Layout: ``<root>/<stage>/<run_id>/`` holds one stage's outputs plus ``config.toml``,
+``manifest.json`` and ``_SUCCESS``; ``<root>/<stage>/LATEST`` names the newest completed
+run and is rewritten only after ``_SUCCESS``. A run that dies half-way leaves a directory
+without ``_SUCCESS`` that no reader picks up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+import uuid
+from contextlib import contextmanager
+from importlib import metadata
+from typing import Any, Iterator
+
+from recsys import io
+from recsys.config import Config, dump_toml
+from recsys.version import __version__
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+CONFIG = "config.toml"
+LATEST = "LATEST"
+
+_PACKAGES = (
+    "pyspark", "tensorflow", "tf-keras", "tensorflow-recommenders", "scann", "numpy",
+    "pandas", "pyarrow",
+)
+
+
+class ArtifactError(RuntimeError):
+    """A required artifact is missing, incomplete or does not match its manifest."""
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "recsys": __version__}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def file_checksums(uri: str, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Relative path, size and MD5 of every file below ``uri``."""
+    out = []
+    for entry in io.list_files(uri):
+        name = entry.relpath.rsplit("/", 1)[-1]
+        if entry.relpath in exclude or name.startswith(".") or name.endswith(".crc"):
+            continue
+        out.append({"path": entry.relpath, "size": entry.size, "md5": io.md5(entry.uri)})
+    return out
+
+
+class Manifest:
+    """What a stage records about one run: config, inputs, counts, timings, versions."""
+
+    def __init__(self, stage: str, run_id: str, config: Config) -> None:
+        self.data: dict[str, Any] = {
+            "stage": stage,
+            "run_id": run_id,
+            "status": "running",
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(),
+            "inputs": {},
+            "counts": {},
+            "timings_s": {},
+            "versions": library_versions(),
+        }
+        self._t0 = time.perf_counter()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.data["timings_s"][name] = round(time.perf_counter() - start, 3)
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        self.data["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.data["timings_s"]["total"] = round(time.perf_counter() - self._t0, 3)
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def stage_dir(root: str, stage: str, run_id: str) -> str:
+    return io.join(root, stage, run_id)
+
+
+def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None:
+    """Record why a run failed next to what it wrote (no ``_SUCCESS``, LATEST untouched)."""
+    manifest["error"] = f"{type(error).__name__}: {error}"
+    manifest.finish("failed")
+    io.write_text(io.join(run_dir, MANIFEST), manifest.to_json())
+
+
+def commit(root: str, stage: str, run_dir: str, manifest: Manifest, config: Config) -> None:
+    """Seal a run: config, checksummed manifest, ``_SUCCESS``, then the LATEST pointer."""
+    io.write_text(io.join(run_dir, CONFIG), dump_toml(config))
+    manifest["outputs"] = file_checksums(run_dir, exclude=(MANIFEST, SUCCESS))
+    manifest.finish("succeeded")
+    io.write_text(io.join(run_dir, MANIFEST), manifest.to_json())
+    io.write_text(io.join(run_dir, SUCCESS), "")
+    io.write_text(io.join(root, stage, LATEST), manifest["run_id"] + "\n")
+
+
+def resolve(root: str, stage: str, run_id: str | None = None) -> str:
+    """The directory of a completed run of ``stage`` (the latest one by default)."""
+    if run_id is None:
+        pointer = io.join(root, stage, LATEST)
+        if not io.is_file(pointer):
+            raise ArtifactError(
+                f"no completed '{stage}' run under {io.normalize_uri(root)}: "
+                f"run the {stage} job first"
+            )
+        run_id = io.read_text(pointer).strip()
+    run_dir = stage_dir(root, stage, run_id)
+    if not io.is_file(io.join(run_dir, SUCCESS)):
+        raise ArtifactError(f"'{stage}' run {run_id} at {run_dir} is incomplete (no {SUCCESS})")
+    return run_dir
+
+
+def read_manifest(run_dir: str) -> dict[str, Any]:
+    return json.loads(io.read_text(io.join(run_dir, MANIFEST)))

@@ -1,0 +1,241 @@
+"""Typed configuration: frozen dataclasses loaded from ``conf/*.toml``.
+
+Precedence, lowest first: the dataclass defaults, the TOML file (``--conf-file``), then
+``--set section.key=value`` overrides on the command line. Unknown sections or keys and
+values of the wrong type are errors that name the offending key, so a typo in a cron
+config fails the run instead of being ignored.
+
+The resolved configuration is written next to every artifact (``config.toml``) with
+:func:`dump_toml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    #: MovieLens release directory or .zip (any layout of DESIGN §3), local path or URI.
+    input: str = "data/ml-latest-small"
+    #: "auto" or one of recsys.data.layouts.LAYOUTS.
+    layout: str = "auto"
+    #: "auto" picks the release's own encoding (Latin-1 for ml-1m / ml-100k, else UTF-8).
+    encoding: str = "auto"
+    #: The run fails when rejected ratings exceed this fraction of the ratings read.
+    max_reject_fraction: float = 0.001
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Evaluation split assignment (DESIGN §6), decided once in preprocessing."""
+
+    seed: int = 42
+    #: A rating >= this is a positive for the held-out-users protocol.
+    positive_threshold: float = 4.0
+    #: Users with fewer positives are never held out.
+    min_positives: int = 5
+    validation_users_fraction: float = 0.1
+    test_users_fraction: float = 0.1
+    #: Share of a held-out user's positives to be predicted (the rest is the input).
+    holdout_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    #: Keep at most this many tags (most frequent first) per movie in the movie table.
+    max_tags_per_movie: int = 20
+    #: Number of output files of the histories table.
+    history_files: int = 8
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    #: Used only when spark-submit did not already set a master.
+    master: str = "local[2]"
+    #: Used only when the driver JVM is started by Python (not under spark-submit).
+    driver_memory: str = "6g"
+    shuffle_partitions: int = 8
+    log_level: str = "WARN"
+    ui_enabled: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Root of all artifacts (local path or any Hadoop URI: file://, hdfs://, s3a://).
+    artifact_root: str = "artifacts"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def with_input(self, source: str) -> "Config":
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, input=source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool):
+        if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(typ)
+        return tuple(_coerce(v, item_type, f"{key}[]") for v in value)
+    raise ConfigError(f"{key}: unsupported type {typ!r}")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    types = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigError(f"unknown configuration key '{full}' (known here: {known})")
+        typ = types[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{full}' is a section; expected a table, got {value!r}")
+            kwargs[key] = _build(typ, value, prefix=f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, typ, full)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    if not dotted:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings need no quotes on the command line
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_config(
+    conf_file: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Defaults <- TOML file <- ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if conf_file is not None:
+        path = Path(conf_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for text in overrides:
+        data = _merge(data, _parse_override(text))
+    return _build(Config, data)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    return _build(Config, data)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(config: Config) -> str:
+    """The resolved configuration as TOML that :func:`load_config` reads back identically."""
+    top: list[str] = []
+    sections: list[str] = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            sections.append(f"\n[{key}]")
+            sections.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        else:
+            top.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(top + sections) + "\n"
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every job shares: a TOML file, the artifact root, and overrides."""
+    parser.add_argument(
+        "--conf-file", default=None, help="TOML configuration file (e.g. conf/prod.toml)."
+    )
+    parser.add_argument(
+        "--artifact-root",
+        default=None,
+        help="Root of all artifacts, a local path or URI (overrides artifact_root).",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override one configuration value; repeatable (e.g. --set spark.master=local[4]).",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = load_config(args.conf_file, args.overrides)
+    if getattr(args, "artifact_root", None):
+        config = config.replace(artifact_root=args.artifact_root)
+    return config

@@ -1,0 +1,117 @@
+"""Locating a MovieLens release: a directory or the release .zip, local or at a URI.
+
+A zip is extracted once under the artifact root (``_inputs/<name>-<md5>``), so executors
+read it from the same place as the driver even when they do not share its disk.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+from recsys import io
+from recsys.data.errors import InputFileError
+from recsys.data.layouts import Layout, detect_layout, get_layout
+
+_RATINGS_FILES = ("ratings.csv", "ratings.dat", "u.data")
+
+
+@dataclass(frozen=True)
+class Release:
+    #: What the user gave (directory or zip).
+    source: str
+    #: Directory URI that holds the release files.
+    directory: str
+    layout: Layout
+    #: Canonical table name -> file URI, for the files present.
+    files: dict[str, str] = field(default_factory=dict)
+
+    def file(self, table: str) -> str | None:
+        return self.files.get(table)
+
+
+def _zip_release_prefix(archive: zipfile.ZipFile, where: str) -> str:
+    for name in archive.namelist():
+        if posixpath.basename(name) in _RATINGS_FILES:
+            return posixpath.dirname(name)
+    raise InputFileError(
+        f"{where} holds no MovieLens ratings file ({', '.join(_RATINGS_FILES)})"
+    )
+
+
+def extract_zip(zip_uri: str, work_uri: str) -> str:
+    """Extract the release inside ``zip_uri`` under ``work_uri``; returns the directory URI.
+
+    Extraction is skipped when the same zip (by MD5) was already extracted there.
+    """
+    if not io.is_file(zip_uri):
+        raise InputFileError(f"input not found: {zip_uri}")
+    checksum = io.md5(zip_uri)
+    stem = posixpath.basename(io.normalize_uri(zip_uri))
+    stem = stem[:-4] if stem.lower().endswith(".zip") else stem
+    target = io.join(work_uri, "_inputs", f"{stem}-{checksum[:12]}")
+    if io.is_file(io.join(target, "_EXTRACTED")):
+        return target
+
+    with tempfile.TemporaryDirectory(prefix="recsys-zip-") as tmp:
+        local_zip = io.local_path(zip_uri) if io.is_local(zip_uri) else io.copy_to_local(
+            zip_uri, os.path.join(tmp, "release.zip")
+        )
+        try:
+            archive = zipfile.ZipFile(local_zip)
+        except zipfile.BadZipFile:
+            raise InputFileError(f"{zip_uri} is not a valid zip file") from None
+        with archive:
+            prefix = _zip_release_prefix(archive, zip_uri)
+            out_dir = os.path.join(tmp, "release")
+            os.makedirs(out_dir)
+            for info in archive.infolist():
+                if info.is_dir() or posixpath.dirname(info.filename) != prefix:
+                    continue
+                dest = os.path.join(out_dir, posixpath.basename(info.filename))
+                with archive.open(info) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+        io.delete(target)
+        if io.is_local(target):
+            os.makedirs(os.path.dirname(io.local_path(target)), exist_ok=True)
+            shutil.move(out_dir, io.local_path(target))
+        else:
+            io.copy_from_local(out_dir, target)
+    io.write_text(io.join(target, "_EXTRACTED"), checksum + "\n")
+    return target
+
+
+def open_release(
+    source: str, *, work_uri: str, layout: str = "auto"
+) -> Release:
+    """Find the release files and their layout; missing required or empty files are errors."""
+    source_uri = io.normalize_uri(source)
+    if source_uri.lower().endswith(".zip"):
+        directory = extract_zip(source_uri, work_uri)
+    elif io.is_dir(source_uri):
+        directory = source_uri
+    else:
+        raise InputFileError(
+            f"input not found: {source} (give a MovieLens release directory or its .zip)"
+        )
+
+    names = [n for n in io.list_dir(directory) if n != "_EXTRACTED"]
+    chosen = detect_layout(names, directory) if layout == "auto" else get_layout(layout)
+    files: dict[str, str] = {}
+    for spec in chosen.tables:
+        uri = io.join(directory, spec.filename)
+        if spec.filename not in names:
+            if spec.required:
+                raise InputFileError(
+                    f"required file {spec.filename} is missing in {directory} "
+                    f"(layout {chosen.name})"
+                )
+            continue
+        if io.size(uri) == 0:
+            raise InputFileError(f"{spec.filename} is empty (0 bytes) in {directory}")
+        files[spec.name] = uri
+    return Release(source=source_uri, directory=directory, layout=chosen, files=files)

@@ -1,0 +1,217 @@
+"""Row validation and quarantine (DESIGN §3).
+
+Each table is turned into typed canonical columns plus ``reason`` (null for a valid row)
+and ``record`` (the raw line, for the rejects output). The first failing rule names the
+reason. Reasons are stable strings, documented in the README:
+
+=====================  ====================================================
+wrong_field_count      the line does not have the layout's number of fields
+bad_user_id            user id is not a non-negative 32-bit integer
+bad_movie_id           movie id is not a non-negative 32-bit integer
+bad_tag_id             genome tag id is not a non-negative 32-bit integer
+bad_rating             rating is not a number
+rating_out_of_range    rating outside 0.5 .. 5.0
+rating_not_half_star   rating is not a multiple of 0.5
+bad_timestamp          timestamp is not an integer (Unix seconds)
+bad_relevance          genome relevance is not a number in [0, 1]
+missing_title          empty movie title
+missing_tag            empty tag text
+duplicate_pair         a later or equal-time rating of the same (user, movie) exists
+duplicate_movie_id     the movie id appeared earlier in movies
+unknown_movie          the movie id is not in movies
+=====================  ====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys.data.layouts import GENRES_100K, NO_GENRES, TableSpec
+from recsys.data.readers import CORRUPT
+
+_BOM = "\ufeff"
+_ID_RE = r"^[0-9]{1,10}$"
+_INT_RE = r"^-?[0-9]{1,19}$"
+_NUM_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+
+REASONS = (
+    "wrong_field_count", "bad_user_id", "bad_movie_id", "bad_tag_id", "bad_rating",
+    "rating_out_of_range", "rating_not_half_star", "bad_timestamp", "bad_relevance",
+    "missing_title", "missing_tag", "duplicate_pair", "duplicate_movie_id", "unknown_movie",
+)
+
+
+@dataclass(frozen=True)
+class _Field:
+    raw: str
+    name: str
+    kind: str  # id | timestamp | rating | relevance | text | opt_text | opt_id
+    reason: str | None
+
+
+def _id(c: Column) -> Column:
+    return F.when(c.rlike(_ID_RE), c.try_cast("int"))
+
+
+def _check(field: _Field, c: Column) -> tuple[Column, Column]:
+    """(typed value, condition that is true when the value is invalid)."""
+    if field.kind == "id":
+        value = _id(c)
+        return value, value.isNull()
+    if field.kind == "opt_id":
+        value = _id(c)
+        return value, c.isNotNull() & value.isNull()
+    if field.kind == "timestamp":
+        value = F.when(c.rlike(_INT_RE), c.try_cast("bigint"))
+        return value, value.isNull()
+    if field.kind in ("rating", "relevance"):
+        value = F.when(c.rlike(_NUM_RE), c.try_cast("double"))
+        return value.cast("float"), value.isNull()
+    if field.kind == "text":
+        return c, c.isNull() | (F.length(F.trim(c)) == 0)
+    if field.kind == "opt_text":
+        return c, F.lit(False)
+    raise ValueError(field.kind)
+
+
+_FIELDS: dict[str, tuple[_Field, ...]] = {
+    "ratings": (
+        _Field("userId", "user_id", "id", "bad_user_id"),
+        _Field("movieId", "movie_id", "id", "bad_movie_id"),
+        _Field("rating", "rating", "rating", "bad_rating"),
+        _Field("timestamp", "timestamp", "timestamp", "bad_timestamp"),
+    ),
+    "movies": (
+        _Field("movieId", "movie_id", "id", "bad_movie_id"),
+        _Field("title", "title", "text", "missing_title"),
+        _Field("genres", "genres_raw", "opt_text", None),
+    ),
+    "tags": (
+        _Field("userId", "user_id", "id", "bad_user_id"),
+        _Field("movieId", "movie_id", "id", "bad_movie_id"),
+        _Field("tag", "tag", "text", "missing_tag"),
+        _Field("timestamp", "timestamp", "timestamp", "bad_timestamp"),
+    ),
+    "links": (
+        _Field("movieId", "movie_id", "id", "bad_movie_id"),
+        _Field("imdbId", "imdb_id", "opt_text", None),
+        _Field("tmdbId", "tmdb_id", "opt_id", "bad_movie_id"),
+    ),
+    "genome_scores": (
+        _Field("movieId", "movie_id", "id", "bad_movie_id"),
+        _Field("tagId", "tag_id", "id", "bad_tag_id"),
+        _Field("relevance", "relevance", "relevance", "bad_relevance"),
+    ),
+    "genome_tags": (
+        _Field("tagId", "tag_id", "id", "bad_tag_id"),
+        _Field("tag", "tag", "text", "missing_tag"),
+    ),
+}
+
+
+def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
+    """Typed canonical columns + ``reason`` + ``record`` + ``source`` for one raw table."""
+    if spec.name == "movies" and "g0" in spec.columns:  # ml-100k u.item: genre flags
+        flags = [F.when(F.col(f"g{i}") == "1", F.lit(g)) for i, g in enumerate(GENRES_100K)]
+        raw = raw.withColumn("genres", F.concat_ws("|", *flags))
+    fields = _FIELDS[spec.name]
+    first = spec.columns[0]
+    raw = raw.withColumn(first, F.regexp_replace(F.col(first), f"^{_BOM}", ""))
+
+    reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count"))
+    values = []
+    for field in fields:
+        value, invalid = _check(field, F.col(field.raw))
+        if field.reason is not None:
+            reason = reason.when(invalid, F.lit(field.reason))
+        values.append(value.alias(field.name))
+    if spec.name == "ratings":
+        rating = F.col("rating").try_cast("double")
+        reason = reason.when((rating < 0.5) | (rating > 5.0), F.lit("rating_out_of_range"))
+        reason = reason.when(rating * 2 != F.round(rating * 2), F.lit("rating_not_half_star"))
+    if spec.name == "genome_scores":
+        rel = F.col("relevance").try_cast("double")
+        reason = reason.when((rel < 0.0) | (rel > 1.0), F.lit("bad_relevance"))
+
+    record = F.coalesce(
+        F.col(CORRUPT), F.concat_ws(spec.sep, *[F.coalesce(F.col(c), F.lit("")) for c in spec.columns])
+    )
+    out = raw.select(
+        *values,
+        reason.alias("reason"),
+        record.alias("record"),
+        F.lit(spec.filename).alias("source"),
+    )
+    if spec.name == "movies":
+        out = _movie_columns(out)
+    return out
+
+
+def _movie_columns(df: DataFrame) -> DataFrame:
+    title = F.trim(F.col("title"))
+    year = F.regexp_extract(title, r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$", 1)
+    genres = F.filter(
+        F.split(F.coalesce(F.col("genres_raw"), F.lit("")), r"\|"),
+        lambda g: (g != "") & (g != NO_GENRES),
+    )
+    return df.withColumn("title", title).withColumn(
+        "year", F.when(year != "", year.cast("int"))
+    ).withColumn("genres", genres).drop("genres_raw")
+
+
+def rejects_of(tagged: DataFrame) -> DataFrame:
+    """The quarantined rows of a tagged table, in the rejects output's schema."""
+    return tagged.where(F.col("reason").isNotNull()).select("source", "reason", "record")
+
+
+def valid_of(tagged: DataFrame) -> DataFrame:
+    return tagged.where(F.col("reason").isNull()).drop("reason", "record", "source")
+
+
+def mark_duplicate_movies(movies: DataFrame) -> DataFrame:
+    """The first row of a movie id (in file order) is kept, later ones are quarantined."""
+    order = F.monotonically_increasing_id()
+    with_pos = movies.withColumn("_pos", order)
+    w = Window.partitionBy("movie_id").orderBy("_pos")
+    rank = F.row_number().over(w)
+    return with_pos.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate_movie_id")).otherwise(
+            F.col("reason")
+        ),
+    ).drop("_pos")
+
+
+def mark_unknown_movies(tagged: DataFrame, movie_ids: DataFrame) -> DataFrame:
+    """Quarantine rows whose movie id is not in ``movie_ids`` (a small, broadcast table)."""
+    known = F.broadcast(movie_ids.select("movie_id").distinct().withColumn("_known", F.lit(True)))
+    return (
+        tagged.join(known, on="movie_id", how="left")
+        .withColumn(
+            "reason",
+            F.when(F.col("reason").isNull() & F.col("_known").isNull(), F.lit("unknown_movie"))
+            .otherwise(F.col("reason")),
+        )
+        .drop("_known")
+    )
+
+
+def mark_duplicate_pairs(ratings: DataFrame) -> DataFrame:
+    """Among valid ratings of one (user, movie), keep the latest; quarantine the others.
+
+    Expects ``ratings`` hash-partitioned by ``user_id`` (the caller's one shuffle), which
+    also satisfies this window's (user_id, movie_id) clustering: no extra exchange.
+    """
+    w = Window.partitionBy("user_id", "movie_id").orderBy(
+        F.col("reason").isNull().desc(), F.col("timestamp").desc(), F.col("rating").desc()
+    )
+    rank = F.row_number().over(w)
+    return ratings.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate_pair")).otherwise(
+            F.col("reason")
+        ),
+    )

@@ -1,0 +1,95 @@
+"""The movie table: content features for every movie of the release, rated or not."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+
+def rating_stats(ratings: DataFrame) -> DataFrame:
+    """``movie_id``, ``num_ratings``, ``mean_rating`` over valid ratings."""
+    return ratings.groupBy("movie_id").agg(
+        F.count(F.lit(1)).cast("int").alias("num_ratings"),
+        F.avg("rating").cast("float").alias("mean_rating"),
+    )
+
+
+def top_tags(tags: DataFrame, max_tags: int) -> DataFrame:
+    """``movie_id``, ``tags``: the most applied tags (lower-cased), most frequent first."""
+    counted = tags.select("movie_id", F.lower(F.trim("tag")).alias("tag")).groupBy(
+        "movie_id", "tag"
+    ).count()
+    w = Window.partitionBy("movie_id").orderBy(F.col("count").desc(), F.col("tag"))
+    ranked = counted.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") <= max_tags)
+    return ranked.groupBy("movie_id").agg(
+        F.transform(F.array_sort(F.collect_list(F.struct("_rank", "tag"))), lambda s: s["tag"])
+        .alias("tags")
+    )
+
+
+def genome_vectors(scores: DataFrame, num_tags: int) -> DataFrame:
+    """``movie_id``, ``genome``: relevance per genome tag, ordered by tag id.
+
+    Only movies scored on all ``num_tags`` tags get a vector; the others keep null.
+    """
+    vectors = scores.groupBy("movie_id").agg(
+        F.array_sort(F.collect_list(F.struct("tag_id", "relevance"))).alias("_s")
+    )
+    return vectors.where(F.size("_s") == num_tags).select(
+        "movie_id", F.col("_s.relevance").alias("genome")
+    )
+
+
+def build_movie_table(
+    movies: DataFrame,
+    stats: DataFrame,
+    *,
+    tags: DataFrame | None = None,
+    genome: DataFrame | None = None,
+    links: DataFrame | None = None,
+) -> DataFrame:
+    """``movie_id``, ``title``, ``year``, ``genres``, ``num_ratings``, ``mean_rating``,
+    ``tags``, ``genome``, ``imdb_id``, ``tmdb_id`` (the optional ones null when absent)."""
+    table = movies.select("movie_id", "title", "year", "genres").join(stats, "movie_id", "left")
+    table = table.withColumn("num_ratings", F.coalesce("num_ratings", F.lit(0)))
+    if tags is not None:
+        table = table.join(tags, "movie_id", "left")
+    else:
+        table = table.withColumn("tags", F.lit(None).cast("array<string>"))
+    table = table.withColumn("tags", F.coalesce("tags", F.array().cast("array<string>")))
+    if genome is not None:
+        table = table.join(genome, "movie_id", "left")
+    else:
+        table = table.withColumn("genome", F.lit(None).cast("array<float>"))
+    if links is not None:
+        table = table.join(links.select("movie_id", "imdb_id", "tmdb_id"), "movie_id", "left")
+    else:
+        table = table.withColumn("imdb_id", F.lit(None).cast("string")).withColumn(
+            "tmdb_id", F.lit(None).cast("int")
+        )
+    return table.orderBy("movie_id")
+
+
+def movie_vocabulary(movie_table: DataFrame) -> DataFrame:
+    """``movie_id``, ``index``, ``num_ratings``: most rated first (index 0), ties by id."""
+    w = Window.orderBy(F.col("num_ratings").desc(), F.col("movie_id"))
+    return movie_table.select(
+        "movie_id", (F.row_number().over(w) - 1).cast("int").alias("index"), "num_ratings"
+    )
+
+
+def user_vocabulary(histories: DataFrame) -> DataFrame:
+    """``user_id``, ``index``, ``num_ratings``, by ascending user id."""
+    w = Window.orderBy("user_id")
+    return histories.select(
+        "user_id", (F.row_number().over(w) - 1).cast("int").alias("index"), "num_ratings"
+    )
+
+
+def genre_vocabulary(movie_table: DataFrame) -> DataFrame:
+    """``genre``, ``index``, ``num_movies``, alphabetical."""
+    counts = movie_table.select(F.explode("genres").alias("genre")).groupBy("genre").agg(
+        F.count(F.lit(1)).cast("int").alias("num_movies")
+    )
+    w = Window.orderBy("genre")
+    return counts.select("genre", (F.row_number().over(w) - 1).cast("int").alias("index"), "num_movies")

@@ -1,0 +1,260 @@
+"""Stage 1 (DESIGN §4.1): a MovieLens release -> versioned preprocessing artifacts.
+
+Outputs under ``<artifact_root>/preprocess/<run_id>/``:
+
+=================  ==========================================================
+histories/         user_id, movie_ids, ratings, timestamps (by time), num_ratings, mean_rating
+movies/            the movie table (recsys.features.movies.build_movie_table)
+vocab/movies/      movie_id, index, num_ratings (most rated first)
+vocab/users/       user_id, index, num_ratings
+vocab/genres/      genre, index, num_movies
+splits/            user_id, role, holdout_movie_ids, last_movie_id, last_timestamp
+rejects/           source, reason, record: every quarantined input row
+stats.json         corpus statistics
+manifest.json      config, input sizes and MD5s, counts (incl. rejects by reason),
+                   timings, library versions, output checksums
+=================  ==========================================================
+
+The ratings are shuffled once (by user); duplicate detection and history building both
+reuse that partitioning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys import artifacts, io
+from recsys.config import Config
+from recsys.data.errors import RejectThresholdError
+from recsys.data.readers import read_raw
+from recsys.data.release import Release, open_release
+from recsys.data.validation import (
+    mark_duplicate_movies,
+    mark_duplicate_pairs,
+    mark_unknown_movies,
+    rejects_of,
+    tag_rows,
+    valid_of,
+)
+from recsys.features.histories import build_histories
+from recsys.features.movies import (
+    build_movie_table,
+    genome_vectors,
+    genre_vocabulary,
+    movie_vocabulary,
+    rating_stats,
+    top_tags,
+    user_vocabulary,
+)
+from recsys.features.splits import assign_splits
+
+log = logging.getLogger(__name__)
+STAGE = "preprocess"
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    run_dir: str
+    manifest: dict[str, Any]
+
+
+def _input_info(release: Release) -> dict[str, Any]:
+    def one(item: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+        table, uri = item
+        return table, {"uri": uri, "size": io.size(uri), "md5": io.md5(uri)}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, sorted(release.files.items())))
+
+
+def _reason_counts(tagged: DataFrame) -> dict[str, int]:
+    rows = tagged.groupBy("reason").count().collect()
+    return {(r["reason"] or "valid"): int(r["count"]) for r in rows}
+
+
+def _write(df: DataFrame, uri: str, files: int | None = None) -> None:
+    if files is not None:
+        df = df.coalesce(files)
+    df.write.mode("overwrite").parquet(uri)
+
+
+def _check_threshold(counts: dict[str, dict[str, int]], max_fraction: float, rejects_uri: str) -> None:
+    problems = []
+    for source, by_reason in counts.items():
+        total = sum(by_reason.values())
+        rejected = total - by_reason.get("valid", 0)
+        if total and rejected / total > max_fraction:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(by_reason.items()) if k != "valid")
+            problems.append(
+                f"{source}: {rejected} of {total} rows rejected "
+                f"({rejected / total:.4%} > {max_fraction:.4%}; {detail})"
+            )
+    if problems:
+        raise RejectThresholdError(
+            "too many bad input rows: " + "; ".join(problems)
+            + f". The rejected rows with their reasons are in {rejects_uri}; raise "
+            "data.max_reject_fraction to accept them."
+        )
+
+
+def run_preprocess(spark: SparkSession, config: Config, *, run_id: str | None = None) -> PreprocessResult:
+    """Validate the configured release and write the preprocessing artifacts."""
+    root = io.normalize_uri(config.artifact_root)
+    run_id = run_id or artifacts.new_run_id()
+    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    manifest = artifacts.Manifest(STAGE, run_id, config)
+    out = lambda name: io.join(run_dir, name)  # noqa: E731
+    try:
+        result = _preprocess(spark, config, root, run_dir, manifest, out)
+    except Exception as exc:
+        if io.exists(run_dir):
+            artifacts.write_failed(run_dir, manifest, exc)
+        raise
+    return result
+
+
+def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult:  # noqa: ANN001
+    with manifest.timed("open_release"):
+        release = open_release(config.data.input, work_uri=root, layout=config.data.layout)
+    encoding = release.layout.encoding if config.data.encoding == "auto" else config.data.encoding
+    manifest["inputs"] = {"source": release.source, "layout": release.layout.name,
+                          "encoding": encoding}
+    log.info("preprocess %s: %s release at %s", manifest["run_id"], release.layout.name,
+             release.directory)
+
+    def tagged(table: str) -> DataFrame | None:
+        uri = release.file(table)
+        if uri is None:
+            return None
+        spec = release.layout.table(table)
+        return tag_rows(read_raw(spark, uri, spec, encoding), spec)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checksums = pool.submit(_input_info, release)  # overlaps with the Spark work
+
+        with manifest.timed("movies"):
+            movies_tagged = mark_duplicate_movies(tagged("movies")).persist(StorageLevel.MEMORY_AND_DISK)
+            movies = valid_of(movies_tagged)
+
+        with manifest.timed("validate_ratings"):
+            ratings_tagged = mark_unknown_movies(tagged("ratings"), movies)
+            ratings_tagged = mark_duplicate_pairs(
+                ratings_tagged.repartition(config.preprocess.history_files, "user_id")
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            counts = {"ratings": _reason_counts(ratings_tagged),
+                      "movies": _reason_counts(movies_tagged)}
+
+        extra_tagged: dict[str, DataFrame] = {}
+        for table in ("tags", "links", "genome_scores", "genome_tags"):
+            df = tagged(table)
+            if df is None:
+                continue
+            if table in ("tags", "links", "genome_scores"):
+                df = mark_unknown_movies(df, movies)
+            extra_tagged[table] = df.persist(StorageLevel.MEMORY_AND_DISK)
+            counts[table] = _reason_counts(extra_tagged[table])
+
+        rejects = rejects_of(ratings_tagged).unionByName(rejects_of(movies_tagged))
+        for df in extra_tagged.values():
+            rejects = rejects.unionByName(rejects_of(df))
+        with manifest.timed("write_rejects"):
+            _write(rejects, out("rejects"), files=1)
+        manifest["counts"]["rows_by_reason"] = counts
+        manifest["counts"]["rejected"] = {
+            s: sum(v for k, v in c.items() if k != "valid") for s, c in counts.items()
+        }
+        manifest["inputs"]["files"] = checksums.result()
+        _check_threshold(counts, config.data.max_reject_fraction, out("rejects"))
+
+    ratings = valid_of(ratings_tagged)
+    with manifest.timed("write_histories"):
+        _write(build_histories(ratings), out("histories"))
+    histories = spark.read.parquet(out("histories"))
+
+    with manifest.timed("write_movies"):
+        genome = None
+        if "genome_scores" in extra_tagged and "genome_tags" in extra_tagged:
+            num_tags = valid_of(extra_tagged["genome_tags"]).count()
+            genome = genome_vectors(valid_of(extra_tagged["genome_scores"]), num_tags)
+        table = build_movie_table(
+            movies,
+            rating_stats(ratings),
+            tags=top_tags(valid_of(extra_tagged["tags"]), config.preprocess.max_tags_per_movie)
+            if "tags" in extra_tagged else None,
+            genome=genome,
+            links=valid_of(extra_tagged["links"]) if "links" in extra_tagged else None,
+        )
+        _write(table, out("movies"), files=1)
+    movie_table = spark.read.parquet(out("movies"))
+
+    with manifest.timed("write_vocab"):
+        _write(movie_vocabulary(movie_table), out("vocab/movies"), files=1)
+        _write(user_vocabulary(histories), out("vocab/users"), files=1)
+        _write(genre_vocabulary(movie_table), out("vocab/genres"), files=1)
+
+    with manifest.timed("write_splits"):
+        _write(assign_splits(histories, config.split), out("splits"), files=1)
+
+    with manifest.timed("stats"):
+        stats = corpus_stats(spark, out)
+        io.write_text(out("stats.json"), json.dumps(stats, indent=2) + "\n")
+    manifest["counts"].update(
+        users=stats["users"], ratings=stats["ratings"], movies=stats["movies"],
+        rated_movies=stats["rated_movies"],
+    )
+    for df in (ratings_tagged, movies_tagged, *extra_tagged.values()):
+        df.unpersist()
+    artifacts.commit(root, STAGE, run_dir, manifest, config)
+    log.info("preprocess %s done: %s", manifest["run_id"], run_dir)
+    return PreprocessResult(run_dir=run_dir, manifest=manifest.data)
+
+
+def corpus_stats(spark: SparkSession, out) -> dict[str, Any]:  # noqa: ANN001
+    histories = spark.read.parquet(out("histories"))
+    movies = spark.read.parquet(out("movies"))
+    splits = spark.read.parquet(out("splits"))
+    h = histories.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.sum("num_ratings").alias("ratings"),
+        F.min("num_ratings").alias("min_user_ratings"),
+        F.percentile_approx("num_ratings", [0.5, 0.9, 0.99]).alias("q"),
+        F.max("num_ratings").alias("max_user_ratings"),
+        F.min(F.element_at("timestamps", 1)).alias("first_timestamp"),
+        F.max(F.element_at("timestamps", -1)).alias("last_timestamp"),
+    ).first()
+    m = movies.agg(
+        F.count(F.lit(1)).alias("movies"),
+        F.sum((F.col("num_ratings") > 0).cast("int")).alias("rated_movies"),
+        F.max("num_ratings").alias("max_movie_ratings"),
+        F.sum(F.col("genome").isNotNull().cast("int")).alias("movies_with_genome"),
+    ).first()
+    rating_mix = {
+        str(r["rating"]): int(r["count"])
+        for r in histories.select(F.explode("ratings").alias("rating"))
+        .groupBy("rating").count().orderBy("rating").collect()
+    }
+    roles = {r["role"]: int(r["count"]) for r in splits.groupBy("role").count().collect()}
+    return {
+        "users": int(h["users"]),
+        "ratings": int(h["ratings"] or 0),
+        "movies": int(m["movies"]),
+        "rated_movies": int(m["rated_movies"] or 0),
+        "movies_with_genome": int(m["movies_with_genome"] or 0),
+        "ratings_per_user": {
+            "min": h["min_user_ratings"], "median": h["q"][0] if h["q"] else None,
+            "p90": h["q"][1] if h["q"] else None, "p99": h["q"][2] if h["q"] else None,
+            "max": h["max_user_ratings"],
+        },
+        "max_ratings_per_movie": m["max_movie_ratings"],
+        "timestamp_range": [h["first_timestamp"], h["last_timestamp"]],
+        "rating_mix": rating_mix,
+        "split_roles": roles,
+    }

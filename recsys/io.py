@@ -1,0 +1,212 @@
+"""Driver-side file access for any artifact URI (local paths, file://, hdfs://, s3a://).
+
+Spark reads and writes the big tables; this module does the small things around them on
+the driver (manifests, pointers, checksums, listing, atomic renames) through
+``pyarrow.fs``, so the same code works on a laptop and on a cluster without assuming that
+executors share the driver's disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
+_CHUNK = 8 << 20
+
+
+class ArtifactIOError(OSError):
+    """A file or directory under an artifact URI could not be read or written."""
+
+
+def normalize_uri(path: str | os.PathLike[str]) -> str:
+    """A scheme-less path becomes an absolute ``file://`` URI; URIs are kept as they are."""
+    text = os.fspath(path)
+    parsed = urlparse(text)
+    if parsed.scheme and len(parsed.scheme) > 1:  # "C:" is not a scheme
+        if parsed.scheme == "file":
+            return "file://" + os.path.abspath(parsed.path)
+        return text if parsed.path in ("", "/") else text.rstrip("/")
+    return "file://" + os.path.abspath(text)
+
+
+def is_local(uri: str) -> bool:
+    return normalize_uri(uri).startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a ``file://`` URI (error for remote URIs)."""
+    norm = normalize_uri(uri)
+    if not norm.startswith("file://"):
+        raise ArtifactIOError(f"{uri} is not a local path")
+    return urlparse(norm).path
+
+
+def join(uri: str, *parts: str) -> str:
+    base = normalize_uri(uri)
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    norm = normalize_uri(uri)
+    parsed = urlparse(norm)
+    if parsed.scheme == "file":
+        return pafs.LocalFileSystem(), parsed.path
+    scheme = _SCHEME_ALIASES.get(parsed.scheme, parsed.scheme)
+    target = norm.replace(parsed.scheme + "://", scheme + "://", 1)
+    try:
+        return pafs.FileSystem.from_uri(target)
+    except Exception as exc:  # pyarrow raises several types for unsupported schemes
+        raise ArtifactIOError(f"cannot open a filesystem for {uri}: {exc}") from None
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def is_file(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def size(uri: str) -> int:
+    fs, path = _fs(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise ArtifactIOError(f"not a file: {uri}")
+    return int(info.size)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise ArtifactIOError(f"file not found: {uri}") from None
+
+
+def read_text(uri: str, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+def read_head(uri: str, nbytes: int = 64 << 10) -> bytes:
+    """The first ``nbytes`` of a file (enough to check a header line)."""
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read(nbytes)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file; local files are written to a temporary name and renamed."""
+    fs, path = _fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def makedirs(uri: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a directory tree; nothing to delete is not an error."""
+    fs, path = _fs(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename within one filesystem (atomic for a directory on HDFS and local disks)."""
+    fs, src_path = _fs(src)
+    _, dst_path = _fs(dst)
+    fs.create_dir(posixpath.dirname(dst_path), recursive=True)
+    fs.move(src_path, dst_path)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    uri: str
+    relpath: str
+    size: int
+
+
+def list_files(uri: str) -> list[FileEntry]:
+    """Every file below a directory (recursively), sorted by relative path."""
+    fs, path = _fs(uri)
+    base = normalize_uri(uri).rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            rel = posixpath.relpath(info.path, path)
+            out.append(FileEntry(uri=f"{base}/{rel}", relpath=rel, size=int(info.size)))
+    return sorted(out, key=lambda e: e.relpath)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names directly inside a directory (files and directories), sorted."""
+    fs, path = _fs(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos)
+
+
+def md5(uri: str) -> str:
+    fs, path = _fs(uri)
+    digest = hashlib.md5()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256(uri: str) -> str:
+    fs, path = _fs(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_to_local(uri: str, dest: str) -> str:
+    """Copy a file to a local path (used for release zips on remote storage)."""
+    fs, path = _fs(uri)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    pafs.copy_files(path, os.path.abspath(dest), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return dest
+
+
+def copy_from_local(src: str, uri: str) -> None:
+    """Copy a local file or directory tree to a URI."""
+    fs, path = _fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)

@@ -1,0 +1,68 @@
+"""Building the SparkSession: called by ``jobs/*.py`` and test fixtures only, never at import.
+
+Under ``spark-submit`` the master, memory and Python settings given there win; when a job
+is started with plain ``python`` the defaults from :class:`recsys.config.SparkConfig`
+apply (``local[2]``). Either way the Python workers run the same interpreter as the
+driver unless the user pointed ``spark.pyspark.python`` at a shipped environment, and they
+get ``TF_USE_LEGACY_KERAS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Mapping
+
+from recsys.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+_WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def build_session(
+    app_name: str, config: SparkConfig, extra: Mapping[str, str] | None = None
+) -> "SparkSession":
+    # The workers must import pyarrow/pandas from our environment: unless told otherwise,
+    # they run this very interpreter (a venv's python).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    for key, value in _WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit
+    if not submitted and config.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    existing = None
+    if submitted:
+        SparkContext._ensure_initialized()  # connect to spark-submit's JVM to read its conf
+        existing = SparkConf()
+
+    builder = SparkSession.builder.appName(app_name)
+
+    def set_default(key: str, value: str) -> None:
+        if existing is None or not existing.contains(key):
+            builder.config(key, value)
+
+    set_default("spark.master", config.master)
+    set_default("spark.driver.memory", config.driver_memory)
+    set_default("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+    set_default("spark.ui.enabled", "true" if config.ui_enabled else "false")
+    set_default("spark.sql.session.timeZone", "UTC")
+    if not submitted:
+        # Under spark-submit the user's --conf spark.pyspark.python / PYSPARK_PYTHON decide
+        # (e.g. a venv shipped with --archives); here the driver's own interpreter is used.
+        set_default("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+    set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
+    for key, value in _WORKER_ENV.items():
+        set_default(f"spark.executorEnv.{key}", value)
+    for key, value in (extra or {}).items():
+        builder.config(key, value)
+
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level)
+    return spark
