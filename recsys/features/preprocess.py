@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from recsys import artifacts, io
 from recsys.config import Config
-from recsys.data.errors import RejectThresholdError
+from recsys.data.errors import InputFileError, RejectThresholdError
 from recsys.data.readers import read_raw
 from recsys.data.release import Release, open_release
 from recsys.data.validation import (
@@ -86,9 +86,12 @@ def _write(df: DataFrame, uri: str, files: int | None = None) -> None:
     df.write.mode("overwrite").parquet(uri)
 
 
-def _check_threshold(counts: dict[str, dict[str, int]], max_fraction: float, rejects_uri: str) -> None:
+def _check_threshold(
+    counts: dict[str, dict[str, int]], release: Release, max_fraction: float, rejects_uri: str
+) -> None:
     problems = []
-    for source, by_reason in counts.items():
+    for table, by_reason in counts.items():
+        source = release.layout.table(table).filename
         total = sum(by_reason.values())
         rejected = total - by_reason.get("valid", 0)
         if total and rejected / total > max_fraction:
@@ -151,6 +154,10 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             ).persist(StorageLevel.MEMORY_AND_DISK)
             counts = {"ratings": _reason_counts(ratings_tagged),
                       "movies": _reason_counts(movies_tagged)}
+            for table in ("ratings", "movies"):
+                if not counts[table]:
+                    name = release.layout.table(table).filename
+                    raise InputFileError(f"{name} has no data rows in {release.directory}")
 
         extra_tagged: dict[str, DataFrame] = {}
         for table in ("tags", "links", "genome_scores", "genome_tags"):
@@ -162,9 +169,12 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             extra_tagged[table] = df.persist(StorageLevel.MEMORY_AND_DISK)
             counts[table] = _reason_counts(extra_tagged[table])
 
-        rejects = rejects_of(ratings_tagged).unionByName(rejects_of(movies_tagged))
-        for df in extra_tagged.values():
-            rejects = rejects.unionByName(rejects_of(df))
+        spec = release.layout.table
+        rejects = rejects_of(ratings_tagged, spec("ratings")).unionByName(
+            rejects_of(movies_tagged, spec("movies"))
+        )
+        for table, df in extra_tagged.items():
+            rejects = rejects.unionByName(rejects_of(df, spec(table)))
         with manifest.timed("write_rejects"):
             _write(rejects, out("rejects"), files=1)
         manifest["counts"]["rows_by_reason"] = counts
@@ -172,7 +182,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             s: sum(v for k, v in c.items() if k != "valid") for s, c in counts.items()
         }
         manifest["inputs"]["files"] = checksums.result()
-        _check_threshold(counts, config.data.max_reject_fraction, out("rejects"))
+        _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
 
     ratings = valid_of(ratings_tagged)
     with manifest.timed("write_histories"):

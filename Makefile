@@ -1,0 +1,62 @@
+# movielens-recs: `make run` sets up and runs the pipeline on the embedded corpus;
+# `make test` sets up and runs the test suite. Only a JDK (17+) must be installed by hand.
+
+PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+ARTIFACTS  ?= artifacts
+SYNTHETIC  ?= data/synthetic/ml-25m-synthetic
+DRIVER_MEMORY ?= 6g
+
+export PYSPARK_PYTHON        := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export TF_USE_LEGACY_KERAS   := 1
+SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRIVER_MEMORY)
+
+.PHONY: help check-java venv test run preprocess corpus bench-preprocess clean
+
+help:
+	@echo "make run               set up, then run the pipeline on data/ml-latest-small"
+	@echo "make test              set up, then run the tests"
+	@echo "make corpus            generate the full-scale synthetic corpus ($(SYNTHETIC))"
+	@echo "make bench-preprocess  time preprocessing of the full-scale corpus"
+	@echo "make clean             remove artifacts and the virtual environment"
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "ERROR: Java not found. Spark needs a JDK 17 or newer:"; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
+	  echo "  macOS:         brew install openjdk@17"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	 if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "ERROR: Java $$v found; Spark 4 needs 17 or newer (apt-get install -y openjdk-17-jre-headless)"; \
+	  exit 1; fi
+
+$(STAMP): setup.py
+	@test -n "$(PYTHON_BIN)" || { echo "ERROR: no python3 found (3.10-3.12 needed)"; exit 1; }
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: check-java venv
+	$(PY) -m pytest -q tests
+
+preprocess: check-java venv
+	$(SPARK_SUBMIT) jobs/preprocess.py --artifact-root $(ARTIFACTS)
+
+run: preprocess
+
+$(SYNTHETIC)/ratings.csv: | venv
+	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
+
+corpus: $(SYNTHETIC)/ratings.csv
+
+bench-preprocess: check-java venv corpus
+	$(PY) benchmarks/bench_preprocess.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY)
+
+clean:
+	rm -rf $(ARTIFACTS) $(VENV) spark-warehouse metastore_db derby.log

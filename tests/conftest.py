@@ -1,0 +1,71 @@
+"""Shared fixtures: one real local[2] SparkSession per test session, and helpers that
+write small hand-made MovieLens releases."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import recsys  # noqa: F401  (environment for TensorFlow before anything imports it)
+from recsys.config import Config, DataConfig, SparkConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = REPO / "data" / "ml-latest-small"
+
+MOVIES_CSV = (
+    "movieId,title,genres\r\n"
+    "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\r\n"
+    "2,Jumanji (1995),Adventure|Children|Fantasy\r\n"
+    '3,"American President, The (1995)",Comedy|Drama|Romance\r\n'
+    "4,Unknown Year,(no genres listed)\r\n"
+)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from recsys.spark import build_session
+
+    session = build_session(
+        "recsys-tests",
+        SparkConfig(master="local[2]", driver_memory="3g", shuffle_partitions=4),
+        extra={"spark.default.parallelism": "4"},
+    )
+    yield session
+    session.stop()
+
+
+def write_release(directory: Path, files: dict[str, str | bytes]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def ratings_csv(*rows: str, header: str = "userId,movieId,rating,timestamp") -> str:
+    return "\r\n".join([header, *rows]) + "\r\n"
+
+
+def make_config(tmp_path: Path, source: Path | str, **data_overrides) -> Config:
+    return Config(
+        artifact_root=str(tmp_path / "artifacts"),
+        data=DataConfig(input=str(source), **data_overrides),
+        spark=SparkConfig(master="local[2]", shuffle_partitions=4),
+    ).replace(preprocess=Config().preprocess.__class__(history_files=2))
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    return env

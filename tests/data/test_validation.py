@@ -1,0 +1,161 @@
+"""Bad input (DESIGN §3): every case is quarantined with its reason and counted in the
+manifest, or fails the run with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys import artifacts, io
+from recsys.data.errors import HeaderError, InputFileError, RejectThresholdError
+from recsys.features.preprocess import run_preprocess
+from tests.conftest import MOVIES_CSV, make_config, ratings_csv, write_release
+
+GOOD = [f"1,{m},4.0,{1_000_000 + m}" for m in (1, 2, 3)] + ["2,1,3.5,1000005", "2,4,0.5,1000006"]
+
+
+def _rejects(spark, result):
+    return {
+        (r["source"], r["reason"], r["record"])
+        for r in spark.read.parquet(io.join(result.run_dir, "rejects")).collect()
+    }
+
+
+def _run(spark, tmp_path, ratings: str, movies: str = MOVIES_CSV, **data):
+    src = write_release(tmp_path / "release", {"ratings.csv": ratings, "movies.csv": movies})
+    data.setdefault("max_reject_fraction", 1.0)
+    return run_preprocess(spark, make_config(tmp_path, src, **data))
+
+
+BAD_ROWS = [
+    ("3,1,4.0", "wrong_field_count"),
+    ("3,2,4.0,1000,extra", "wrong_field_count"),
+    ("x3,1,4.0,1000", "bad_user_id"),
+    ("99999999999,1,4.0,1000", "bad_user_id"),
+    ("3,one,4.0,1000", "bad_movie_id"),
+    ("3,1,4.0.1,1000", "bad_rating"),
+    ("3,1,good,1000", "bad_rating"),
+    ("3,1,-2,1000", "rating_out_of_range"),
+    ("3,1,5.5,1000", "rating_out_of_range"),
+    ("3,1,0.0,1000", "rating_out_of_range"),
+    ("3,1,3.25,1000", "rating_not_half_star"),
+    ("3,1,4.0,2019-01-01", "bad_timestamp"),
+    ("3,1,4.0,1000.5", "bad_timestamp"),
+    ("3,99,4.0,1000", "unknown_movie"),
+]
+
+
+def test_every_bad_rating_row_is_quarantined_with_its_reason(spark, tmp_path):
+    result = _run(spark, tmp_path, ratings_csv(*GOOD, *[row for row, _ in BAD_ROWS]))
+    assert _rejects(spark, result) == {("ratings.csv", reason, row) for row, reason in BAD_ROWS}
+    expected = {"valid": len(GOOD)}
+    for _, reason in BAD_ROWS:
+        expected[reason] = expected.get(reason, 0) + 1
+    counts = result.manifest["counts"]
+    assert counts["rows_by_reason"]["ratings"] == expected
+    assert counts["rejected"]["ratings"] == len(BAD_ROWS)
+    assert counts["ratings"] == len(GOOD)
+    # the manifest on disk says the same, and the histories hold the valid rows only
+    on_disk = artifacts.read_manifest(result.run_dir)
+    assert on_disk["counts"]["rows_by_reason"]["ratings"] == expected
+    users = spark.read.parquet(io.join(result.run_dir, "histories")).select("user_id").collect()
+    assert sorted(r[0] for r in users) == [1, 2]
+
+
+def test_duplicate_pair_keeps_latest(spark, tmp_path):
+    result = _run(spark, tmp_path, ratings_csv(*GOOD, "1,2,1.0,999", "1,2,2.0,2000000"))
+    rejects = _rejects(spark, result)
+    assert ("ratings.csv", "duplicate_pair", "1,2,1.0,999") in rejects
+    assert ("ratings.csv", "duplicate_pair", "1,2,4.0,1000002") in rejects
+    h = spark.read.parquet(io.join(result.run_dir, "histories")).where("user_id = 1").first()
+    assert h["movie_ids"] == [1, 3, 2]
+    assert h["ratings"][2] == 2.0
+    assert result.manifest["counts"]["rows_by_reason"]["ratings"]["duplicate_pair"] == 2
+
+
+def test_invalid_row_does_not_shadow_valid_duplicate(spark, tmp_path):
+    # a later but invalid rating of the same pair must not turn the valid one into a duplicate
+    result = _run(spark, tmp_path, ratings_csv(*GOOD, "1,1,9.0,5000000"))
+    reasons = {r[1] for r in _rejects(spark, result)}
+    assert reasons == {"rating_out_of_range"}
+
+
+def test_bad_movie_rows(spark, tmp_path):
+    movies = MOVIES_CSV + "five,Bad Id (2000),Drama\r\n" + "2,Jumanji again (1995),Drama\r\n" + "6,,Drama\r\n"
+    result = _run(spark, tmp_path, ratings_csv(*GOOD), movies=movies)
+    rejects = _rejects(spark, result)
+    assert ("movies.csv", "bad_movie_id", "five,Bad Id (2000),Drama") in rejects
+    assert ("movies.csv", "duplicate_movie_id", "2,Jumanji again (1995),Drama") in rejects
+    assert ("movies.csv", "missing_title", "6,,Drama") in rejects
+    table = spark.read.parquet(io.join(result.run_dir, "movies"))
+    assert table.where("movie_id = 2").first()["title"] == "Jumanji (1995)"
+    assert table.count() == 4
+    assert table.where("movie_id = 4").first()["year"] is None
+
+
+def test_bom_and_crlf_are_read(spark, tmp_path):
+    ratings = "\ufeff" + ratings_csv(*GOOD)
+    assert "\r\n" in ratings
+    result = _run(spark, tmp_path, ratings, movies="\ufeff" + MOVIES_CSV, max_reject_fraction=0.0)
+    assert result.manifest["counts"]["ratings"] == len(GOOD)
+    assert result.manifest["counts"]["movies"] == 4
+    h = spark.read.parquet(io.join(result.run_dir, "histories")).orderBy("user_id").collect()
+    assert [r["user_id"] for r in h] == [1, 2]
+
+
+def test_lf_only_files_are_read_too(spark, tmp_path):
+    result = _run(spark, tmp_path, ratings_csv(*GOOD).replace("\r\n", "\n"),
+                  movies=MOVIES_CSV.replace("\r\n", "\n"), max_reject_fraction=0.0)
+    assert result.manifest["counts"]["ratings"] == len(GOOD)
+
+
+def test_reject_threshold_fails_the_run_and_keeps_rejects(spark, tmp_path):
+    with pytest.raises(RejectThresholdError, match=r"ratings.csv: 1 of 6 rows rejected") as err:
+        _run(spark, tmp_path, ratings_csv(*GOOD, "3,1,7.0,1000"), max_reject_fraction=0.1)
+    assert "rating_out_of_range=1" in str(err.value)
+    root = io.normalize_uri(tmp_path / "artifacts")
+    with pytest.raises(artifacts.ArtifactError, match="no completed 'preprocess' run"):
+        artifacts.resolve(root, "preprocess")
+    (run_id,) = [n for n in io.list_dir(io.join(root, "preprocess"))]
+    run_dir = io.join(root, "preprocess", run_id)
+    manifest = artifacts.read_manifest(run_dir)
+    assert manifest["status"] == "failed" and "RejectThresholdError" in manifest["error"]
+    assert spark.read.parquet(io.join(run_dir, "rejects")).count() == 1
+
+
+def test_under_threshold_passes(spark, tmp_path):
+    result = _run(spark, tmp_path, ratings_csv(*GOOD, "3,1,7.0,1000"), max_reject_fraction=0.2)
+    assert result.manifest["counts"]["rejected"]["ratings"] == 1
+
+
+def test_missing_required_file(spark, tmp_path):
+    src = write_release(tmp_path / "release", {"ratings.csv": ratings_csv(*GOOD)})
+    with pytest.raises(InputFileError, match="required file movies.csv is missing"):
+        run_preprocess(spark, make_config(tmp_path, src))
+
+
+def test_empty_file(spark, tmp_path):
+    with pytest.raises(InputFileError, match=r"ratings.csv is empty \(0 bytes\)"):
+        _run(spark, tmp_path, "")
+
+
+def test_header_only_file_has_no_ratings(spark, tmp_path):
+    with pytest.raises(InputFileError, match="ratings.csv has no data rows"):
+        _run(spark, tmp_path, ratings_csv())
+
+
+def test_wrong_header(spark, tmp_path):
+    bad = ratings_csv(*GOOD, header="userId,movieId,score,timestamp")
+    with pytest.raises(HeaderError, match="ratings.csv: wrong header 'userId,movieId,score,timestamp', expected 'userId,movieId,rating,timestamp'"):
+        _run(spark, tmp_path, bad)
+
+
+def test_not_a_release(spark, tmp_path):
+    src = write_release(tmp_path / "release", {"notes.txt": "hello"})
+    with pytest.raises(InputFileError, match="is not a MovieLens release"):
+        run_preprocess(spark, make_config(tmp_path, src))
+
+
+def test_missing_input(spark, tmp_path):
+    with pytest.raises(InputFileError, match="input not found"):
+        run_preprocess(spark, make_config(tmp_path, tmp_path / "nowhere"))
