@@ -116,7 +116,7 @@ def _movie_ids(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _popularity(rng: np.random.Generator, n: int) -> np.ndarray:
     ranks = rng.permutation(n).astype(np.float64)
-    weights = (ranks + 40.0) ** -1.25
+    weights = (ranks + max(2.0, 20.0 * n / FULL_MOVIES)) ** -1.25
     return weights / weights.sum()
 
 

@@ -1,0 +1,57 @@
+"""The thin jobs, run as cron and users run them: real spark-submit, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from recsys import artifacts, io
+from tests.conftest import MOVIES_CSV, ratings_csv, write_release
+
+REPO = Path(__file__).resolve().parents[1]
+SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
+
+
+def test_spark_submit_preprocess(tmp_path, job_env):
+    src = write_release(tmp_path / "rel", {
+        "ratings.csv": ratings_csv("1,1,4.0,10", "1,2,3.0,11", "2,3,5.0,12"),
+        "movies.csv": MOVIES_CSV,
+    })
+    root = tmp_path / "art"
+    proc = subprocess.run(
+        [SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "1g",
+         str(REPO / "jobs/preprocess.py"), "--input", str(src), "--artifact-root", str(root),
+         "--set", "preprocess.history_files=1"],
+        capture_output=True, text=True, timeout=300, env=job_env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preprocess: 2 users, 3 ratings, 4 movies" in proc.stdout
+    run_dir = artifacts.resolve(io.normalize_uri(root), "preprocess")
+    manifest = artifacts.read_manifest(run_dir)
+    assert manifest["config"]["preprocess"]["history_files"] == 1
+    assert manifest["config"]["artifact_root"] == str(root)
+
+
+def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
+    src = write_release(tmp_path / "rel", {
+        "ratings.csv": ratings_csv("1,1,4.0,10", header="user,movie,rating,ts"),
+        "movies.csv": MOVIES_CSV,
+    })
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/preprocess.py"), "--input", str(src),
+         "--artifact-root", str(tmp_path / "art")],
+        capture_output=True, text=True, timeout=300, env=job_env,
+    )
+    assert proc.returncode == 3
+    assert "preprocess: input data error: ratings.csv: wrong header 'user,movie,rating,ts'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_exits_2(tmp_path, job_env):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/preprocess.py"), "--set", "data.nope=1"],
+        capture_output=True, text=True, timeout=120, env=job_env,
+    )
+    assert proc.returncode == 2
+    assert "unknown configuration key 'data.nope'" in proc.stderr
