@@ -223,21 +223,3 @@ def mark_unknown_movies(tagged: DataFrame, movie_ids: DataFrame) -> DataFrame:
         )
         .drop("_known")
     )
-
-
-def mark_duplicate_pairs(ratings: DataFrame) -> DataFrame:
-    """Among valid ratings of one (user, movie), keep the latest; quarantine the others.
-
-    Expects ``ratings`` hash-partitioned by ``user_id`` (the caller's one shuffle), which
-    also satisfies this window's (user_id, movie_id) clustering: no extra exchange.
-    """
-    w = Window.partitionBy("user_id", "movie_id").orderBy(
-        F.col("reason").isNull().desc(), F.col("timestamp").desc(), F.col("rating").desc()
-    )
-    rank = F.row_number().over(w)
-    return ratings.withColumn(
-        "reason",
-        F.when(F.col("reason").isNull() & (rank > 1), F.lit("duplicate_pair")).otherwise(
-            F.col("reason")
-        ),
-    )

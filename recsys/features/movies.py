@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 
-def rating_stats(ratings: DataFrame) -> DataFrame:
-    """``movie_id``, ``num_ratings``, ``mean_rating`` over valid ratings."""
-    return ratings.groupBy("movie_id").agg(
-        F.count(F.lit(1)).cast("int").alias("num_ratings"),
-        F.avg("rating").cast("float").alias("mean_rating"),
+def rating_stats(sums: DataFrame) -> DataFrame:
+    """``movie_id``, ``num_ratings``, ``mean_rating`` from per-movie ``n`` and ``total``
+    (rows may repeat a movie; negative rows subtract)."""
+    agg = sums.groupBy("movie_id").agg(F.sum("n").alias("n"), F.sum("total").alias("total"))
+    return agg.select(
+        "movie_id",
+        F.col("n").cast("int").alias("num_ratings"),
+        F.when(F.col("n") > 0, F.col("total") / F.col("n")).cast("float").alias("mean_rating"),
     )
 
 
@@ -27,16 +34,40 @@ def top_tags(tags: DataFrame, max_tags: int) -> DataFrame:
     )
 
 
-def genome_vectors(scores: DataFrame, num_tags: int) -> DataFrame:
+def _genome_partition(num_tags: int):  # noqa: ANN202
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(list(batches))
+        if table.num_rows == 0:
+            return
+        movie = table.column("movie_id").to_numpy()
+        tag = table.column("tag_id").to_numpy()
+        rel = table.column("relevance").to_numpy()
+        order = np.lexsort((tag, movie))
+        movie, rel = movie[order], rel[order]
+        starts = np.flatnonzero(np.r_[True, movie[1:] != movie[:-1]])
+        counts = np.diff(np.r_[starts, movie.size])
+        full = counts == num_tags
+        values = rel[np.repeat(full, counts)]
+        offsets = np.arange(int(full.sum()) + 1, dtype=np.int32) * num_tags
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(movie[starts[full]], pa.int32()),
+             pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))],
+            names=["movie_id", "genome"],
+        )
+
+    return run
+
+
+def genome_vectors(scores: DataFrame, num_tags: int, partitions: int) -> DataFrame:
     """``movie_id``, ``genome``: relevance per genome tag, ordered by tag id.
 
     Only movies scored on all ``num_tags`` tags get a vector; the others keep null.
+    Grouped with numpy per partition (15.6M rows for ml-25m).
     """
-    vectors = scores.groupBy("movie_id").agg(
-        F.array_sort(F.collect_list(F.struct("tag_id", "relevance"))).alias("_s")
-    )
-    return vectors.where(F.size("_s") == num_tags).select(
-        "movie_id", F.col("_s.relevance").alias("genome")
+    return (
+        scores.select("movie_id", "tag_id", "relevance")
+        .repartition(partitions, "movie_id")
+        .mapInArrow(_genome_partition(num_tags), "movie_id int, genome array<float>")
     )
 
 

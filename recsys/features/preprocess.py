@@ -38,13 +38,12 @@ from recsys.data.readers import read_raw
 from recsys.data.release import Release, open_release
 from recsys.data.validation import (
     mark_duplicate_movies,
-    mark_duplicate_pairs,
     mark_unknown_movies,
     rejects_of,
     tag_rows,
     valid_of,
 )
-from recsys.features.histories import build_histories
+from recsys.features.histories import HISTORY_COLUMNS, build_histories, duplicate_rows
 from recsys.features.movies import (
     build_movie_table,
     genome_vectors,
@@ -78,6 +77,13 @@ def _input_info(release: Release) -> dict[str, Any]:
 def _reason_counts(tagged: DataFrame) -> dict[str, int]:
     rows = tagged.groupBy("reason").count().collect()
     return {(r["reason"] or "valid"): int(r["count"]) for r in rows}
+
+
+def _record_counts(manifest: artifacts.Manifest, counts: dict[str, dict[str, int]]) -> None:
+    manifest["counts"]["rows_by_reason"] = counts
+    manifest["counts"]["rejected"] = {
+        s: sum(v for k, v in c.items() if k != "valid") for s, c in counts.items()
+    }
 
 
 def _write(df: DataFrame, uri: str, files: int | None = None) -> None:
@@ -137,70 +143,96 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         uri = release.file(table)
         if uri is None:
             return None
-        spec = release.layout.table(table)
-        return tag_rows(read_raw(spark, uri, spec, encoding), spec)
+        df = tag_rows(read_raw(spark, uri, spec(table), encoding), spec(table))
+        return mark_unknown_movies(df, movies) if "movie_id" in df.columns and table != "movies" else df
+
+    spec = release.layout.table
+    partitions = config.preprocess.history_files
+    cached: list[DataFrame] = []
+
+    def keep(df: DataFrame) -> DataFrame:
+        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+        return cached[-1]
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         checksums = pool.submit(_input_info, release)  # overlaps with the Spark work
 
-        with manifest.timed("movies"):
-            movies_tagged = mark_duplicate_movies(tagged("movies")).persist(StorageLevel.MEMORY_AND_DISK)
+        with manifest.timed("validate_movies"):
+            movies_tagged = keep(mark_duplicate_movies(tagged("movies")))
             movies = valid_of(movies_tagged)
+            counts = {"movies": _reason_counts(movies_tagged)}
 
         with manifest.timed("validate_ratings"):
-            ratings_tagged = mark_unknown_movies(tagged("ratings"), movies)
-            ratings_tagged = mark_duplicate_pairs(
-                ratings_tagged.repartition(config.preprocess.history_files, "user_id")
-            ).persist(StorageLevel.MEMORY_AND_DISK)
-            counts = {"ratings": _reason_counts(ratings_tagged),
-                      "movies": _reason_counts(movies_tagged)}
+            # One pass over the ratings gives the counts per reason and, for valid rows,
+            # the per-movie sums for the movie table.
+            ratings_tagged = tagged("ratings")
+            movie_sums = keep(ratings_tagged.groupBy("reason", "movie_id").agg(
+                F.count(F.lit(1)).alias("n"), F.sum("rating").cast("double").alias("total")
+            ))
+            counts["ratings"] = {
+                (r["reason"] or "valid"): int(r["n"])
+                for r in movie_sums.groupBy("reason").agg(F.sum("n").alias("n")).collect()
+            }
             for table in ("ratings", "movies"):
                 if not counts[table]:
-                    name = release.layout.table(table).filename
-                    raise InputFileError(f"{name} has no data rows in {release.directory}")
+                    raise InputFileError(
+                        f"{spec(table).filename} has no data rows in {release.directory}"
+                    )
 
-        extra_tagged: dict[str, DataFrame] = {}
-        for table in ("tags", "links", "genome_scores", "genome_tags"):
-            df = tagged(table)
-            if df is None:
-                continue
-            if table in ("tags", "links", "genome_scores"):
-                df = mark_unknown_movies(df, movies)
-            extra_tagged[table] = df.persist(StorageLevel.MEMORY_AND_DISK)
-            counts[table] = _reason_counts(extra_tagged[table])
+        with manifest.timed("validate_other_files"):
+            others: dict[str, DataFrame] = {}
+            for table in ("tags", "links", "genome_tags", "genome_scores"):
+                df = tagged(table)
+                if df is not None:
+                    others[table] = df if table == "genome_scores" else keep(df)
+                    counts[table] = _reason_counts(others[table])
 
-        spec = release.layout.table
-        rejects = rejects_of(ratings_tagged, spec("ratings")).unionByName(
-            rejects_of(movies_tagged, spec("movies"))
-        )
-        for table, df in extra_tagged.items():
-            rejects = rejects.unionByName(rejects_of(df, spec(table)))
         with manifest.timed("write_rejects"):
+            rejects = None
+            for table, df in [("ratings", ratings_tagged), ("movies", movies_tagged), *others.items()]:
+                if sum(v for k, v in counts[table].items() if k != "valid") == 0:
+                    continue  # nothing to quarantine: skip a pass over the file
+                part = rejects_of(df, spec(table))
+                rejects = part if rejects is None else rejects.unionByName(part)
+            if rejects is None:
+                rejects = spark.createDataFrame([], "source string, reason string, record string")
             _write(rejects, out("rejects"), files=1)
-        manifest["counts"]["rows_by_reason"] = counts
-        manifest["counts"]["rejected"] = {
-            s: sum(v for k, v in c.items() if k != "valid") for s, c in counts.items()
-        }
         manifest["inputs"]["files"] = checksums.result()
+        _record_counts(manifest, counts)
         _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
 
-    ratings = valid_of(ratings_tagged)
     with manifest.timed("write_histories"):
-        _write(build_histories(ratings), out("histories"))
+        built = keep(build_histories(valid_of(ratings_tagged), partitions))
+        _write(built.select(*HISTORY_COLUMNS), out("histories"))
+        dups = duplicate_rows(built).withColumn("reason", F.lit("duplicate_pair")).withColumn(
+            "record", F.lit(None).cast("string")
+        )
+        n_dups = built.agg(F.sum(F.size("dup_movie_ids"))).first()[0] or 0
+        if n_dups:
+            rejects_of(dups, spec("ratings")).coalesce(1).write.mode("append").parquet(out("rejects"))
+            counts["ratings"]["duplicate_pair"] = n_dups
+            counts["ratings"]["valid"] -= n_dups
+            _record_counts(manifest, counts)
+            _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
     histories = spark.read.parquet(out("histories"))
 
     with manifest.timed("write_movies"):
+        sums = movie_sums.where(F.col("reason").isNull()).select("movie_id", "n", "total")
+        if n_dups:
+            sums = sums.unionByName(dups.groupBy("movie_id").agg(
+                (-F.count(F.lit(1))).alias("n"), (-F.sum("rating")).cast("double").alias("total")
+            ))
         genome = None
-        if "genome_scores" in extra_tagged and "genome_tags" in extra_tagged:
-            num_tags = valid_of(extra_tagged["genome_tags"]).count()
-            genome = genome_vectors(valid_of(extra_tagged["genome_scores"]), num_tags)
+        if "genome_scores" in others and "genome_tags" in others:
+            num_tags = counts["genome_tags"].get("valid", 0)
+            genome = genome_vectors(valid_of(others["genome_scores"]), num_tags, partitions)
         table = build_movie_table(
             movies,
-            rating_stats(ratings),
-            tags=top_tags(valid_of(extra_tagged["tags"]), config.preprocess.max_tags_per_movie)
-            if "tags" in extra_tagged else None,
+            rating_stats(sums),
+            tags=top_tags(valid_of(others["tags"]), config.preprocess.max_tags_per_movie)
+            if "tags" in others else None,
             genome=genome,
-            links=valid_of(extra_tagged["links"]) if "links" in extra_tagged else None,
+            links=valid_of(others["links"]) if "links" in others else None,
         )
         _write(table, out("movies"), files=1)
     movie_table = spark.read.parquet(out("movies"))
@@ -220,7 +252,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         users=stats["users"], ratings=stats["ratings"], movies=stats["movies"],
         rated_movies=stats["rated_movies"],
     )
-    for df in (ratings_tagged, movies_tagged, *extra_tagged.values()):
+    for df in cached:
         df.unpersist()
     artifacts.commit(root, STAGE, run_dir, manifest, config)
     log.info("preprocess %s done: %s", manifest["run_id"], run_dir)
