@@ -91,16 +91,17 @@ def _read_split(spark: SparkSession, uri: str, spec: TableSpec, encoding: str) -
     if spec.has_header:
         # Header lines (the first line, and any repetition of it) are not data.
         header = _first_line(uri, encoding)
-        lines = lines.where(F.regexp_replace(value, f"^{_BOM}", "") != header)
+        lines = lines.where((value != header) & (value != _BOM + header))
     lines = lines.where(value != "")  # blank lines carry no row, as in the CSV reader
     sep_re = re.escape(spec.sep)
     kinds = _LINE_KINDS[spec.name]
     line_re = "^" + sep_re.join(_FIELD_RE[k] for k in kinds) + "$"
-    parts = F.split(value, sep_re, -1)
     n = len(spec.columns)
-    wrong = F.size(parts) != n
-    return lines.select(
-        *[F.when(~wrong, parts[i]).alias(c) for i, c in enumerate(spec.columns)],
+    # split once (its own projection), then pick the fields
+    parts = lines.select(value, F.split(value, sep_re, -1).alias("_parts"))
+    wrong = F.size("_parts") != n
+    return parts.select(
+        *[F.when(~wrong, F.col("_parts")[i]).alias(c) for i, c in enumerate(spec.columns)],
         F.when(wrong, value).alias(CORRUPT),
         value.rlike(line_re).alias(FAST_OK),
     )

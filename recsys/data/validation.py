@@ -59,24 +59,21 @@ def _id(c: Column) -> Column:
     return F.when(c.rlike(_ID_RE), c.try_cast("int"))
 
 
-def _check(field: _Field, c: Column) -> tuple[Column, Column]:
-    """(typed value, condition that is true when the value is invalid)."""
+def _check(field: _Field, c: Column):  # noqa: ANN202
+    """(typed value of raw column ``c``, function (typed, raw) -> invalid condition)."""
     if field.kind == "id":
-        value = _id(c)
-        return value, value.isNull()
+        return _id(c), lambda v, raw: v.isNull()
     if field.kind == "opt_id":
-        value = _id(c)
-        return value, c.isNotNull() & value.isNull()
+        return _id(c), lambda v, raw: raw.isNotNull() & v.isNull()
     if field.kind == "timestamp":
-        value = F.when(c.rlike(_INT_RE), c.try_cast("bigint"))
-        return value, value.isNull()
+        return F.when(c.rlike(_INT_RE), c.try_cast("bigint")), lambda v, raw: v.isNull()
     if field.kind in ("rating", "relevance"):
-        value = F.when(c.rlike(_NUM_RE), c.try_cast("double"))
-        return value.cast("float"), value.isNull()
+        value = F.when(c.rlike(_NUM_RE), c.try_cast("double")).cast("float")
+        return value, lambda v, raw: v.isNull()
     if field.kind == "text":
-        return c, c.isNull() | (F.length(F.trim(c)) == 0)
+        return c, lambda v, raw: v.isNull() | (F.length(F.trim(v)) == 0)
     if field.kind == "opt_text":
-        return c, F.lit(False)
+        return c, lambda v, raw: F.lit(False)
     raise ValueError(field.kind)
 
 
@@ -126,39 +123,50 @@ def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
     has_fast = FAST_OK in raw.columns
     fast = F.col(FAST_OK) if has_fast else F.lit(False)
     first = spec.columns[0]
-    raw = raw.withColumn(
-        first, F.when(fast, F.col(first)).otherwise(F.regexp_replace(F.col(first), f"^{_BOM}", ""))
-    )
+    raw_cols = [F.col(c).alias(f"_raw_{c}") for c in spec.columns]
+    if not has_fast:  # a BOM can only start the first field of a headerless file
+        raw_cols[0] = F.regexp_replace(F.col(first), f"^{_BOM}", "").alias(f"_raw_{first}")
+    raw = raw.select(*raw_cols, CORRUPT, fast.alias(FAST_OK))
+    if has_fast:
+        raw = raw.withColumn(
+            f"_raw_{first}",
+            F.when(F.col(FAST_OK), F.col(f"_raw_{first}"))
+            .otherwise(F.regexp_replace(F.col(f"_raw_{first}"), f"^{_BOM}", "")),
+        )
 
-    form = F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count"))
-    values = []
+    # Step 1: typed values (null when the text does not have the form of a valid value).
+    # Step 2, in a separate projection so that each value is computed once: the reason.
+    values, checks = [], []
     for field in fields:
-        value, invalid = _check(field, F.col(field.raw))
-        if field.reason is not None:
-            form = form.when(invalid, F.lit(field.reason))
+        raw_col = F.col(f"_raw_{field.raw}")
+        value, invalid_of = _check(field, raw_col)
         if has_fast and field.kind in _FAST_CAST:
-            value = F.when(fast, F.col(field.raw).try_cast(_FAST_CAST[field.kind])).otherwise(value)
+            value = F.when(F.col(FAST_OK), raw_col.try_cast(_FAST_CAST[field.kind])).otherwise(value)
         values.append(value.alias(field.name))
-    reason = F.when(~fast, form) if has_fast else form
+        if field.reason is not None:
+            checks.append((invalid_of(F.col(field.name), raw_col), field.reason))
+    typed = raw.select(*values, *[f"_raw_{c}" for c in spec.columns], CORRUPT, FAST_OK)
+
+    reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count"))
+    for invalid, name in checks:
+        reason = reason.when(invalid, F.lit(name))
     if spec.name == "ratings":
-        rating = F.col("rating").try_cast("double")
-        reason = F.coalesce(
-            reason,
-            F.when((rating < 0.5) | (rating > 5.0), F.lit("rating_out_of_range")).when(
-                rating * 2 != F.round(rating * 2), F.lit("rating_not_half_star")
-            ),
+        rating = F.col("rating")
+        reason = reason.when((rating < 0.5) | (rating > 5.0), F.lit("rating_out_of_range")).when(
+            rating * 2 != F.round(rating * 2), F.lit("rating_not_half_star")
         )
     if spec.name == "genome_scores":
-        rel = F.col("relevance").try_cast("double")
-        reason = F.coalesce(reason, F.when((rel < 0.0) | (rel > 1.0), F.lit("bad_relevance")))
+        rel = F.col("relevance")
+        reason = reason.when((rel < 0.0) | (rel > 1.0), F.lit("bad_relevance"))
 
-    record = F.coalesce(
-        F.col(CORRUPT), F.concat_ws(spec.sep, *[F.coalesce(F.col(c), F.lit("")) for c in spec.columns])
-    )
+    record = F.coalesce(F.col(CORRUPT), F.concat_ws(
+        spec.sep, *[F.coalesce(F.col(f"_raw_{c}"), F.lit("")) for c in spec.columns]
+    ))
+    out = typed.withColumn("reason", reason)
     if spec.name in NUMERIC_TABLES:
         # big tables: keep the raw text of rejected rows only (else it doubles the shuffle)
-        record = F.when(reason.isNotNull(), record)
-    out = raw.select(*values, reason.alias("reason"), record.alias("record"))
+        record = F.when(F.col("reason").isNotNull(), record)
+    out = out.select(*[f.name for f in fields], "reason", record.alias("record"))
     if spec.name == "movies":
         out = _movie_columns(out)
     return out

@@ -1,10 +1,14 @@
-"""Per-user watch histories: every valid rating of a user, sorted by time.
+"""Per-user watch histories, the split assignment and the ratings' rejects, in one pass.
 
-Ratings are hash-partitioned by user (the one shuffle of preprocessing); each partition is
-then sorted, de-duplicated and cut into per-user arrays with numpy inside ``mapInArrow``,
-which is several times faster than a window + ``collect_list`` on 2 cores. A partition is
-held in memory by its Python worker: size ``preprocess.history_files`` so that a
-partition stays well under the worker's memory (25M ratings / 8 partitions = ~60 MB).
+Tagged ratings (valid and invalid rows) are hash-partitioned by user: the one shuffle of
+preprocessing. Each partition is then sorted, de-duplicated and cut into per-user arrays
+with numpy inside ``mapInArrow`` (several times faster than a window + ``collect_list``
+on 2 cores). Besides one row per user, every partition emits one extra row (``user_id``
+null) that carries its quarantined rows (invalid rows and duplicate pairs) in
+``reject_reasons`` / ``reject_records``.
+
+A partition is held in memory by its Python worker: size ``preprocess.history_files`` so
+that a partition stays well under the worker's memory (25M ratings / 8 = ~60 MB).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys.config import SplitConfig
+from recsys.features.splits import ROLES, assign_splits
+
 HISTORY_COLUMNS = ("user_id", "movie_ids", "ratings", "timestamps", "num_ratings", "mean_rating")
-_DUP_COLUMNS = ("dup_movie_ids", "dup_ratings", "dup_timestamps")
+SPLIT_COLUMNS = ("user_id", "role", "holdout_movie_ids", "last_movie_id", "last_timestamp")
 
 _SCHEMA = pa.schema([
     ("user_id", pa.int32()),
@@ -26,94 +33,152 @@ _SCHEMA = pa.schema([
     ("timestamps", pa.list_(pa.int64())),
     ("num_ratings", pa.int32()),
     ("mean_rating", pa.float32()),
-    ("dup_movie_ids", pa.list_(pa.int32())),
-    ("dup_ratings", pa.list_(pa.float32())),
-    ("dup_timestamps", pa.list_(pa.int64())),
+    ("role", pa.string()),
+    ("holdout_movie_ids", pa.list_(pa.int32())),
+    ("last_movie_id", pa.int32()),
+    ("last_timestamp", pa.int64()),
+    ("reject_reasons", pa.list_(pa.string())),
+    ("reject_records", pa.list_(pa.string())),
 ])
 SPARK_SCHEMA = (
     "user_id int, movie_ids array<int>, ratings array<float>, timestamps array<bigint>, "
-    "num_ratings int, mean_rating float, dup_movie_ids array<int>, dup_ratings array<float>, "
-    "dup_timestamps array<bigint>"
+    "num_ratings int, mean_rating float, role string, holdout_movie_ids array<int>, "
+    "last_movie_id int, last_timestamp bigint, reject_reasons array<string>, "
+    "reject_records array<string>"
 )
 _OUT_USERS = 20_000  # users per output record batch
 
 
-def _lists(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.ListArray:
+def _lists(offsets: np.ndarray, values, typ: pa.DataType) -> pa.ListArray:  # noqa: ANN001
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, typ))
 
 
-def histories_from_arrays(
-    users: np.ndarray, movies: np.ndarray, ratings: np.ndarray, timestamps: np.ndarray
-) -> pa.Table:
-    """Group one partition's ratings by user.
-
-    Of several ratings of one (user, movie), the latest is kept (equal times: the higher
-    rating); the others are returned in the ``dup_*`` columns. Histories are sorted by
-    time, ties by movie id.
-    """
+def _dedup(users, movies, ratings, timestamps):  # noqa: ANN001, ANN202
+    """Keep mask: of several ratings of one (user, movie), the latest (equal times: the
+    higher rating) is kept."""
     n = users.size
-    if n == 0:
-        return _SCHEMA.empty_table()
-    order = np.lexsort((ratings, timestamps, movies, users))
-    u, m, r, t = users[order], movies[order], ratings[order], timestamps[order]
+    pair = (users.astype(np.int64) << 32) | movies.astype(np.int64)
+    order = np.argsort(pair)
+    sorted_pair = pair[order]
+    same = sorted_pair[1:] == sorted_pair[:-1]
     keep = np.ones(n, dtype=bool)
-    keep[:-1] = (u[:-1] != u[1:]) | (m[:-1] != m[1:])  # last of each (user, movie) run
-    ku, km, kr, kt = u[keep], m[keep], r[keep], t[keep]
-    order = np.lexsort((km, kt, ku))
-    ku, km, kr, kt = ku[order], km[order], kr[order], kt[order]
-    starts = np.flatnonzero(np.r_[True, ku[1:] != ku[:-1]])
-    offsets = np.r_[starts, ku.size]
+    if same.any():  # rare: order only the rows of duplicated pairs by (time, rating)
+        in_dup = np.zeros(n, dtype=bool)
+        in_dup[1:] |= same
+        in_dup[:-1] |= same
+        idx = order[in_dup]
+        idx = idx[np.lexsort((ratings[idx], timestamps[idx], pair[idx]))]
+        last = np.r_[pair[idx][1:] != pair[idx][:-1], True]
+        keep[idx[~last]] = False
+    return keep
+
+
+def user_tables(
+    users: np.ndarray,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    timestamps: np.ndarray,
+    split: SplitConfig,
+) -> tuple[dict[str, object], np.ndarray]:
+    """Histories and splits of valid rows; returns (columns, keep mask of the input)."""
+    keep = _dedup(users, movies, ratings, timestamps)
+    u, m, r, t = users[keep], movies[keep], ratings[keep], timestamps[keep]
+    if u.size:
+        # (user, time) as one int64 key after sorting by movie: equal times stay by movie
+        by_movie = np.argsort(m, kind="stable")
+        u, m, r, t = u[by_movie], m[by_movie], r[by_movie], t[by_movie]
+        t0 = int(t.min())
+        if int(t.max()) - t0 < (1 << 31):
+            order = np.argsort((u.astype(np.int64) << 32) | (t - t0), kind="stable")
+        else:
+            order = np.lexsort((t, u))
+        u, m, r, t = u[order], m[order], r[order], t[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if u.size else np.empty(0, np.int64)
+    offsets = np.r_[starts, u.size].astype(np.int64)
     counts = np.diff(offsets)
-    user_ids = ku[starts]
-    means = np.add.reduceat(kr.astype(np.float64), starts) / counts
-
-    du, dm, dr, dt = u[~keep], m[~keep], r[~keep], t[~keep]
-    dorder = np.lexsort((dm, dt, du))
-    du, dm, dr, dt = du[dorder], dm[dorder], dr[dorder], dt[dorder]
-    doffsets = np.searchsorted(du, user_ids, side="left")
-    doffsets = np.r_[doffsets, du.size]
-
-    return pa.table({
+    user_ids = u[starts]
+    means = np.add.reduceat(r.astype(np.float64), starts) / counts if u.size else np.empty(0)
+    role, h_offsets, h_movies = assign_splits(user_ids, offsets, m, r, split)
+    last = offsets[1:] - 1
+    columns = {
         "user_id": pa.array(user_ids, pa.int32()),
-        "movie_ids": _lists(offsets, km, pa.int32()),
-        "ratings": _lists(offsets, kr, pa.float32()),
-        "timestamps": _lists(offsets, kt, pa.int64()),
+        "movie_ids": _lists(offsets, m, pa.int32()),
+        "ratings": _lists(offsets, r, pa.float32()),
+        "timestamps": _lists(offsets, t, pa.int64()),
         "num_ratings": pa.array(counts, pa.int32()),
         "mean_rating": pa.array(means, pa.float32()),
-        "dup_movie_ids": _lists(doffsets, dm, pa.int32()),
-        "dup_ratings": _lists(doffsets, dr, pa.float32()),
-        "dup_timestamps": _lists(doffsets, dt, pa.int64()),
-    }, schema=_SCHEMA)
+        "role": pa.array(np.asarray(ROLES, dtype=object)[role], pa.string()),
+        "holdout_movie_ids": _lists(h_offsets, h_movies, pa.int32()),
+        "last_movie_id": pa.array(m[last], pa.int32()),
+        "last_timestamp": pa.array(t[last], pa.int64()),
+    }
+    return columns, keep
 
 
-def _partition_histories(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    table = pa.Table.from_batches(list(batches))
-    if table.num_rows == 0:
-        return
-    col = lambda name: table.column(name).to_numpy()  # noqa: E731
-    out = histories_from_arrays(col("user_id"), col("movie_id"), col("rating"), col("timestamp"))
-    yield from out.to_batches(max_chunksize=_OUT_USERS)
+def _reject_row(reasons: list[str], records: list[str]) -> pa.Table:
+    row = {name: pa.nulls(1, _SCHEMA.field(name).type) for name in _SCHEMA.names}
+    row["reject_reasons"] = pa.array([reasons], pa.list_(pa.string()))
+    row["reject_records"] = pa.array([records], pa.list_(pa.string()))
+    return pa.table(row, schema=_SCHEMA)
 
 
-def build_histories(ratings: DataFrame, partitions: int) -> DataFrame:
-    """Histories plus the ``dup_*`` columns (quarantined duplicate pairs) per user.
+def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = list(batches)
+        if not batches or sum(b.num_rows for b in batches) == 0:
+            return
+        table = pa.Table.from_batches(batches)
+        valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
+        good = table.filter(pa.array(valid))
+        col = lambda name: good.column(name).to_numpy()  # noqa: E731
+        columns, keep = user_tables(col("user_id"), col("movie_id"), col("rating"), col("timestamp"), split)
+        n = len(columns["user_id"])
+        columns["reject_reasons"] = pa.array([[]] * n, pa.list_(pa.string()))
+        columns["reject_records"] = pa.array([[]] * n, pa.list_(pa.string()))
+        yield from pa.table(columns, schema=_SCHEMA).to_batches(max_chunksize=_OUT_USERS)
 
-    ``ratings``: valid rows with ``user_id, movie_id, rating, timestamp``.
+        def rebuilt(rows: dict[str, list], i: int) -> str:  # record text from parsed values
+            u, m, r, t = (rows[c][i] for c in ("user_id", "movie_id", "rating", "timestamp"))
+            return sep.join((str(u), str(m), repr(float(r)), str(t)))
+
+        bad = table.filter(pa.array(~valid)).to_pydict()
+        reasons = bad["reason"]
+        records = [rec if rec is not None else rebuilt(bad, i) for i, rec in enumerate(bad["record"])]
+        if not keep.all():
+            dup = good.filter(pa.array(~keep)).to_pydict()
+            reasons += ["duplicate_pair"] * len(dup["user_id"])
+            records += [rebuilt(dup, i) for i in range(len(dup["user_id"]))]
+        if reasons:
+            yield from _reject_row(reasons, records).to_batches()
+
+    return run
+
+
+def build_user_tables(tagged: DataFrame, partitions: int, split: SplitConfig, sep: str = ",") -> DataFrame:
+    """One row per user (histories + splits) and one reject row per partition.
+
+    ``tagged``: ``user_id, movie_id, rating, timestamp, reason, record`` (reason null for
+    a valid row), as made by :func:`recsys.data.validation.tag_rows`.
     """
-    shuffled = ratings.select("user_id", "movie_id", "rating", "timestamp").repartition(
-        partitions, "user_id"
-    )
-    return shuffled.mapInArrow(_partition_histories, SPARK_SCHEMA)
+    shuffled = tagged.select(
+        "user_id", "movie_id", "rating", "timestamp", "reason", "record"
+    ).repartition(partitions, "user_id")
+    return shuffled.mapInArrow(_partition(split, sep), SPARK_SCHEMA)
 
 
-def duplicate_rows(built: DataFrame) -> DataFrame:
-    """The duplicate pairs removed from the histories, one row each."""
-    dups = built.where(F.size("dup_movie_ids") > 0).select(
-        "user_id",
+def histories_of(built: DataFrame) -> DataFrame:
+    return built.where(F.col("user_id").isNotNull()).select(*HISTORY_COLUMNS)
+
+
+def splits_of(built: DataFrame) -> DataFrame:
+    return built.where(F.col("user_id").isNotNull()).select(*SPLIT_COLUMNS)
+
+
+def rejects_of_users(built: DataFrame, source: str) -> DataFrame:
+    """The quarantined ratings, one row each (``source, reason, record``)."""
+    rows = built.where(F.col("user_id").isNull()).select(
         F.explode(F.arrays_zip(
-            F.col("dup_movie_ids").alias("movie_id"),
-            F.col("dup_ratings").alias("rating"),
-            F.col("dup_timestamps").alias("timestamp"),
-        )).alias("d"),
+            F.col("reject_reasons").alias("reason"), F.col("reject_records").alias("record")
+        )).alias("x")
     )
-    return dups.select("user_id", "d.movie_id", "d.rating", "d.timestamp")
+    return rows.select(F.lit(source).alias("source"), "x.reason", "x.record")

@@ -36,9 +36,10 @@ def top_tags(tags: DataFrame, max_tags: int) -> DataFrame:
 
 def _genome_partition(num_tags: int):  # noqa: ANN202
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches))
-        if table.num_rows == 0:
+        batches = list(batches)
+        if not batches or sum(b.num_rows for b in batches) == 0:
             return
+        table = pa.Table.from_batches(batches)
         movie = table.column("movie_id").to_numpy()
         tag = table.column("tag_id").to_numpy()
         rel = table.column("relevance").to_numpy()

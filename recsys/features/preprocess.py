@@ -43,7 +43,12 @@ from recsys.data.validation import (
     tag_rows,
     valid_of,
 )
-from recsys.features.histories import HISTORY_COLUMNS, build_histories, duplicate_rows
+from recsys.features.histories import (
+    build_user_tables,
+    histories_of,
+    rejects_of_users,
+    splits_of,
+)
 from recsys.features.movies import (
     build_movie_table,
     genome_vectors,
@@ -53,7 +58,6 @@ from recsys.features.movies import (
     top_tags,
     user_vocabulary,
 )
-from recsys.features.splits import assign_splits
 
 log = logging.getLogger(__name__)
 STAGE = "preprocess"
@@ -162,17 +166,20 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             movies = valid_of(movies_tagged)
             counts = {"movies": _reason_counts(movies_tagged)}
 
-        with manifest.timed("validate_ratings"):
-            # One pass over the ratings gives the counts per reason and, for valid rows,
-            # the per-movie sums for the movie table.
-            ratings_tagged = tagged("ratings")
-            movie_sums = keep(ratings_tagged.groupBy("reason", "movie_id").agg(
-                F.count(F.lit(1)).alias("n"), F.sum("rating").cast("double").alias("total")
+        with manifest.timed("ratings_to_histories"):
+            # The one pass over the ratings: validation, the shuffle by user, histories,
+            # duplicates and the split assignment (recsys.features.histories).
+            built = keep(build_user_tables(
+                tagged("ratings"), partitions, config.split, sep=spec("ratings").sep
             ))
+            ratings_rejects = rejects_of_users(built, spec("ratings").filename)
             counts["ratings"] = {
-                (r["reason"] or "valid"): int(r["n"])
-                for r in movie_sums.groupBy("reason").agg(F.sum("n").alias("n")).collect()
+                r["reason"]: int(r["count"])
+                for r in ratings_rejects.groupBy("reason").count().collect()
             }
+            valid = built.agg(F.sum("num_ratings")).first()[0] or 0
+            if valid:
+                counts["ratings"]["valid"] = int(valid)
             for table in ("ratings", "movies"):
                 if not counts[table]:
                     raise InputFileError(
@@ -188,40 +195,25 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
                     counts[table] = _reason_counts(others[table])
 
         with manifest.timed("write_rejects"):
-            rejects = None
-            for table, df in [("ratings", ratings_tagged), ("movies", movies_tagged), *others.items()]:
-                if sum(v for k, v in counts[table].items() if k != "valid") == 0:
-                    continue  # nothing to quarantine: skip a pass over the file
-                part = rejects_of(df, spec(table))
-                rejects = part if rejects is None else rejects.unionByName(part)
-            if rejects is None:
-                rejects = spark.createDataFrame([], "source string, reason string, record string")
+            rejects = ratings_rejects.unionByName(rejects_of(movies_tagged, spec("movies")))
+            for table, df in others.items():
+                if sum(v for k, v in counts[table].items() if k != "valid"):
+                    rejects = rejects.unionByName(rejects_of(df, spec(table)))
             _write(rejects, out("rejects"), files=1)
         manifest["inputs"]["files"] = checksums.result()
         _record_counts(manifest, counts)
         _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
 
     with manifest.timed("write_histories"):
-        built = keep(build_histories(valid_of(ratings_tagged), partitions))
-        _write(built.select(*HISTORY_COLUMNS), out("histories"))
-        dups = duplicate_rows(built).withColumn("reason", F.lit("duplicate_pair")).withColumn(
-            "record", F.lit(None).cast("string")
-        )
-        n_dups = built.agg(F.sum(F.size("dup_movie_ids"))).first()[0] or 0
-        if n_dups:
-            rejects_of(dups, spec("ratings")).coalesce(1).write.mode("append").parquet(out("rejects"))
-            counts["ratings"]["duplicate_pair"] = n_dups
-            counts["ratings"]["valid"] -= n_dups
-            _record_counts(manifest, counts)
-            _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
+        _write(histories_of(built), out("histories"))
+        _write(splits_of(built), out("splits"), files=1)
     histories = spark.read.parquet(out("histories"))
 
     with manifest.timed("write_movies"):
-        sums = movie_sums.where(F.col("reason").isNull()).select("movie_id", "n", "total")
-        if n_dups:
-            sums = sums.unionByName(dups.groupBy("movie_id").agg(
-                (-F.count(F.lit(1))).alias("n"), (-F.sum("rating")).cast("double").alias("total")
-            ))
+        rated = histories.select(F.explode(F.arrays_zip("movie_ids", "ratings")).alias("x"))
+        sums = rated.groupBy(F.col("x.movie_ids").alias("movie_id")).agg(
+            F.count(F.lit(1)).alias("n"), F.sum("x.ratings").cast("double").alias("total")
+        )
         genome = None
         if "genome_scores" in others and "genome_tags" in others:
             num_tags = counts["genome_tags"].get("valid", 0)
@@ -241,9 +233,6 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         _write(movie_vocabulary(movie_table), out("vocab/movies"), files=1)
         _write(user_vocabulary(histories), out("vocab/users"), files=1)
         _write(genre_vocabulary(movie_table), out("vocab/genres"), files=1)
-
-    with manifest.timed("write_splits"):
-        _write(assign_splits(histories, config.split), out("splits"), files=1)
 
     with manifest.timed("stats"):
         stats = corpus_stats(spark, out)

@@ -1,7 +1,7 @@
 """The evaluation split assignment (DESIGN §6), decided once per corpus in preprocessing.
 
 Deterministic for a seed and independent of partitioning: every random choice is a hash
-of (seed, user) or (seed, user, movie), never a Spark ``rand()``.
+(splitmix64) of (seed, user) or (seed, user, movie), never a random generator's state.
 
 Columns, one row per user:
 
@@ -9,59 +9,80 @@ Columns, one row per user:
   ``min_positives`` ratings >= ``positive_threshold`` can be held out; validation and
   test users never appear in training (strong generalization, Liang et al. 2018).
 * ``holdout_movie_ids`` — for held-out users, a random ``holdout_fraction`` (at least
-  one) of their positives: what the model must predict. Empty for training users.
+  one, rounded half to even) of their positives: what the model must predict, sorted.
+  Empty for training users.
 * ``last_movie_id`` / ``last_timestamp`` — the user's last rating by time (ties broken
   by movie id), the target of the temporal next-item protocol.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
+import numpy as np
 
 from recsys.config import SplitConfig
 
-_BUCKETS = 1_000_000
+ROLES = ("train", "validation", "test")
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _unit(*cols: Column) -> Column:
-    """A uniform number in [0, 1) from a hash of the columns."""
-    return F.pmod(F.xxhash64(*cols), F.lit(_BUCKETS)) / F.lit(float(_BUCKETS))
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
 
 
-def assign_splits(histories: DataFrame, config: SplitConfig) -> DataFrame:
-    seed = F.lit(config.seed)
-    pairs = F.arrays_zip(F.col("movie_ids").alias("m"), F.col("ratings").alias("r"))
-    positives = F.transform(
-        F.filter(pairs, lambda p: p["r"] >= config.positive_threshold), lambda p: p["m"]
-    )
-    n_pos = F.size(positives)
-    u = _unit(seed, F.lit("user"), F.col("user_id"))
+def hash_ids(seed: int, *ids: np.ndarray) -> np.ndarray:
+    h = _mix(np.full(np.shape(ids[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
+    for part in ids:
+        h = _mix(h ^ np.asarray(part).astype(np.int64).astype(np.uint64))
+    return h
+
+
+def unit_interval(h: np.ndarray) -> np.ndarray:
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def assign_splits(
+    user_ids: np.ndarray,
+    offsets: np.ndarray,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    config: SplitConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Roles and hold-out sets for users whose histories are ``movies[offsets[i]:offsets[i+1]]``.
+
+    Returns (role index per user into :data:`ROLES`, hold-out offsets, hold-out movie ids).
+    """
+    n_users = user_ids.size
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(n_users), lengths)
+    positive = ratings >= config.positive_threshold
+    n_pos = np.bincount(owner[positive], minlength=n_users)
+
+    u = unit_interval(hash_ids(config.seed, np.zeros(n_users, np.int64), user_ids))
     eligible = n_pos >= config.min_positives
-    test_cut = config.test_users_fraction
-    val_cut = config.test_users_fraction + config.validation_users_fraction
-    role = (
-        F.when(eligible & (u < test_cut), F.lit("test"))
-        .when(eligible & (u < val_cut), F.lit("validation"))
-        .otherwise(F.lit("train"))
-    )
-    keyed = F.array_sort(
-        F.transform(
-            positives,
-            lambda m: F.struct(
-                F.xxhash64(seed, F.lit("holdout"), F.col("user_id"), m).alias("h"), m.alias("m")
-            ),
-        )
-    )
-    n_hold = F.greatest(F.lit(1), F.round(n_pos * config.holdout_fraction).cast("int"))
-    holdout = F.transform(F.slice(keyed, 1, n_hold), lambda s: s["m"])
-    last = F.size("movie_ids")
-    return histories.select(
-        "user_id",
-        role.alias("role"),
-        F.when(role == "train", F.array().cast("array<int>"))
-        .otherwise(F.array_sort(holdout))
-        .alias("holdout_movie_ids"),
-        F.element_at("movie_ids", last).alias("last_movie_id"),
-        F.element_at("timestamps", last).alias("last_timestamp"),
-    )
+    role = np.zeros(n_users, dtype=np.int8)
+    role[eligible & (u < config.test_users_fraction + config.validation_users_fraction)] = 1
+    role[eligible & (u < config.test_users_fraction)] = 2
+
+    held_users = role > 0
+    n_hold = np.where(held_users, np.maximum(1, np.round(n_pos * config.holdout_fraction)), 0)
+    n_hold = n_hold.astype(np.int64)
+    pick = positive & held_users[owner]
+    p_owner, p_movie = owner[pick], movies[pick]
+    key = hash_ids(config.seed, np.ones(p_owner.size, np.int64), user_ids[p_owner], p_movie)
+    order = np.lexsort((key, p_owner))
+    p_owner, p_movie = p_owner[order], p_movie[order]
+    first = np.searchsorted(p_owner, np.arange(n_users))
+    rank = np.arange(p_owner.size) - first[p_owner]
+    chosen = rank < n_hold[p_owner]
+    h_owner, h_movie = p_owner[chosen], p_movie[chosen]
+    order = np.lexsort((h_movie, h_owner))
+    h_movie = h_movie[order]
+    h_offsets = np.r_[0, np.cumsum(np.bincount(h_owner, minlength=n_users))]
+    return role, h_offsets, h_movie
