@@ -66,6 +66,8 @@ class SparkConfig:
     #: Used only when the driver JVM is started by Python (not under spark-submit).
     driver_memory: str = "6g"
     shuffle_partitions: int = 8
+    #: spark.sql.files.maxPartitionBytes (input split size; Spark's default).
+    max_partition_bytes: str = "128m"
     log_level: str = "WARN"
     ui_enabled: bool = False
 

@@ -51,6 +51,7 @@ def build_session(
     set_default("spark.master", config.master)
     set_default("spark.driver.memory", config.driver_memory)
     set_default("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+    set_default("spark.sql.files.maxPartitionBytes", config.max_partition_bytes)
     set_default("spark.ui.enabled", "true" if config.ui_enabled else "false")
     set_default("spark.sql.session.timeZone", "UTC")
     if not submitted:

@@ -114,16 +114,18 @@ _FIELDS: dict[str, tuple[_Field, ...]] = {
 
 def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
     """Typed canonical columns + ``reason`` + ``record`` for one raw table."""
+    columns = list(spec.columns)
     if spec.name == "movies" and "g0" in spec.columns:  # ml-100k u.item: genre flags
         flags = [F.when(F.col(f"g{i}") == "1", F.lit(g)) for i, g in enumerate(GENRES_100K)]
         raw = raw.withColumn("genres", F.concat_ws("|", *flags))
+        columns.append("genres")
     fields = _FIELDS[spec.name]
     # Numeric tables mark lines that already have the form of valid values: those skip
     # the per-field form checks (regexes), which dominate the cost on 25M ratings.
     has_fast = FAST_OK in raw.columns
     fast = F.col(FAST_OK) if has_fast else F.lit(False)
     first = spec.columns[0]
-    raw_cols = [F.col(c).alias(f"_raw_{c}") for c in spec.columns]
+    raw_cols = [F.col(c).alias(f"_raw_{c}") for c in columns]
     if not has_fast:  # a BOM can only start the first field of a headerless file
         raw_cols[0] = F.regexp_replace(F.col(first), f"^{_BOM}", "").alias(f"_raw_{first}")
     raw = raw.select(*raw_cols, CORRUPT, fast.alias(FAST_OK))
@@ -145,7 +147,7 @@ def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
         values.append(value.alias(field.name))
         if field.reason is not None:
             checks.append((invalid_of(F.col(field.name), raw_col), field.reason))
-    typed = raw.select(*values, *[f"_raw_{c}" for c in spec.columns], CORRUPT, FAST_OK)
+    typed = raw.select(*values, *[f"_raw_{c}" for c in columns], CORRUPT, FAST_OK)
 
     reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count"))
     for invalid, name in checks:

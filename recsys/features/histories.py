@@ -172,13 +172,3 @@ def histories_of(built: DataFrame) -> DataFrame:
 
 def splits_of(built: DataFrame) -> DataFrame:
     return built.where(F.col("user_id").isNotNull()).select(*SPLIT_COLUMNS)
-
-
-def rejects_of_users(built: DataFrame, source: str) -> DataFrame:
-    """The quarantined ratings, one row each (``source, reason, record``)."""
-    rows = built.where(F.col("user_id").isNull()).select(
-        F.explode(F.arrays_zip(
-            F.col("reject_reasons").alias("reason"), F.col("reject_records").alias("record")
-        )).alias("x")
-    )
-    return rows.select(F.lit(source).alias("source"), "x.reason", "x.record")

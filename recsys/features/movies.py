@@ -34,41 +34,65 @@ def top_tags(tags: DataFrame, max_tags: int) -> DataFrame:
     )
 
 
+_GENOME_SCHEMA = (
+    "movie_id int, genome array<float>, num_rows int, "
+    "reject_reasons array<string>, reject_records array<string>"
+)
+
+
 def _genome_partition(num_tags: int):  # noqa: ANN202
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         batches = list(batches)
         if not batches or sum(b.num_rows for b in batches) == 0:
             return
         table = pa.Table.from_batches(batches)
-        movie = table.column("movie_id").to_numpy()
-        tag = table.column("tag_id").to_numpy()
-        rel = table.column("relevance").to_numpy()
-        order = np.lexsort((tag, movie))
+        valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
+        good = table.filter(pa.array(valid))
+        movie = good.column("movie_id").to_numpy()
+        tag = good.column("tag_id").to_numpy()
+        rel = good.column("relevance").to_numpy()
+        order = np.argsort((movie.astype(np.int64) << 32) | tag.astype(np.int64))
         movie, rel = movie[order], rel[order]
-        starts = np.flatnonzero(np.r_[True, movie[1:] != movie[:-1]])
+        starts = np.flatnonzero(np.r_[True, movie[1:] != movie[:-1]]) if movie.size else np.empty(0, np.int64)
         counts = np.diff(np.r_[starts, movie.size])
         full = counts == num_tags
         values = rel[np.repeat(full, counts)]
-        offsets = np.arange(int(full.sum()) + 1, dtype=np.int32) * num_tags
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(movie[starts[full]], pa.int32()),
-             pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()))],
-            names=["movie_id", "genome"],
+        offsets = np.zeros(starts.size + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum(np.where(full, num_tags, 0))
+        genome = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(values, pa.float32()), mask=pa.array(~full)
         )
+        n = starts.size
+        empty = pa.array([[]] * n, pa.list_(pa.string()))
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(movie[starts], pa.int32()), genome, pa.array(counts, pa.int32()), empty, empty],
+            names=["movie_id", "genome", "num_rows", "reject_reasons", "reject_records"],
+        )
+        bad = table.filter(pa.array(~valid))
+        if bad.num_rows:
+            yield pa.RecordBatch.from_pydict({
+                "movie_id": pa.nulls(1, pa.int32()),
+                "genome": pa.nulls(1, pa.list_(pa.float32())),
+                "num_rows": pa.nulls(1, pa.int32()),
+                "reject_reasons": pa.array([bad.column("reason").to_pylist()], pa.list_(pa.string())),
+                "reject_records": pa.array([bad.column("record").to_pylist()], pa.list_(pa.string())),
+            })
 
     return run
 
 
-def genome_vectors(scores: DataFrame, num_tags: int, partitions: int) -> DataFrame:
-    """``movie_id``, ``genome``: relevance per genome tag, ordered by tag id.
+def genome_vectors(tagged_scores: DataFrame, num_tags: int, partitions: int) -> DataFrame:
+    """One pass over genome-scores: ``movie_id``, ``genome`` (relevance per genome tag,
+    ordered by tag id; null unless the movie is scored on all ``num_tags`` tags),
+    ``num_rows``, plus one row per partition (``movie_id`` null) carrying its rejects in
+    ``reject_reasons`` / ``reject_records``. Grouped with numpy (15.6M rows for ml-25m).
 
-    Only movies scored on all ``num_tags`` tags get a vector; the others keep null.
-    Grouped with numpy per partition (15.6M rows for ml-25m).
+    ``tagged_scores``: ``movie_id, tag_id, relevance, reason, record``.
     """
     return (
-        scores.select("movie_id", "tag_id", "relevance")
+        tagged_scores.select("movie_id", "tag_id", "relevance", "reason", "record")
         .repartition(partitions, "movie_id")
-        .mapInArrow(_genome_partition(num_tags), "movie_id int, genome array<float>")
+        .mapInArrow(_genome_partition(num_tags), _GENOME_SCHEMA)
     )
 
 
@@ -90,7 +114,7 @@ def build_movie_table(
         table = table.withColumn("tags", F.lit(None).cast("array<string>"))
     table = table.withColumn("tags", F.coalesce("tags", F.array().cast("array<string>")))
     if genome is not None:
-        table = table.join(genome, "movie_id", "left")
+        table = table.join(genome.select("movie_id", "genome"), "movie_id", "left")
     else:
         table = table.withColumn("genome", F.lit(None).cast("array<float>"))
     if links is not None:

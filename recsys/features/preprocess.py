@@ -46,7 +46,6 @@ from recsys.data.validation import (
 from recsys.features.histories import (
     build_user_tables,
     histories_of,
-    rejects_of_users,
     splits_of,
 )
 from recsys.features.movies import (
@@ -81,6 +80,17 @@ def _input_info(release: Release) -> dict[str, Any]:
 def _reason_counts(tagged: DataFrame) -> dict[str, int]:
     rows = tagged.groupBy("reason").count().collect()
     return {(r["reason"] or "valid"): int(r["count"]) for r in rows}
+
+
+def _rejects_rows(built: DataFrame, source: str) -> DataFrame:
+    """Quarantined rows carried by a grouped table's reject rows (key column null)."""
+    key = built.columns[0]
+    rows = built.where(F.col(key).isNull()).select(
+        F.explode(F.arrays_zip(
+            F.col("reject_reasons").alias("reason"), F.col("reject_records").alias("record")
+        )).alias("x")
+    )
+    return rows.select(F.lit(source).alias("source"), "x.reason", "x.record")
 
 
 def _record_counts(manifest: artifacts.Manifest, counts: dict[str, dict[str, int]]) -> None:
@@ -172,7 +182,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             built = keep(build_user_tables(
                 tagged("ratings"), partitions, config.split, sep=spec("ratings").sep
             ))
-            ratings_rejects = rejects_of_users(built, spec("ratings").filename)
+            ratings_rejects = _rejects_rows(built, spec("ratings").filename)
             counts["ratings"] = {
                 r["reason"]: int(r["count"])
                 for r in ratings_rejects.groupBy("reason").count().collect()
@@ -188,14 +198,30 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
 
         with manifest.timed("validate_other_files"):
             others: dict[str, DataFrame] = {}
-            for table in ("tags", "links", "genome_tags", "genome_scores"):
+            for table in ("tags", "links", "genome_tags"):
                 df = tagged(table)
                 if df is not None:
-                    others[table] = df if table == "genome_scores" else keep(df)
+                    others[table] = keep(df)
                     counts[table] = _reason_counts(others[table])
+            genome = None
+            scores = tagged("genome_scores")
+            if scores is not None:
+                # one pass: vectors, row counts and rejects (recsys.features.movies)
+                num_tags = counts.get("genome_tags", {}).get("valid", 0)
+                genome = keep(genome_vectors(scores, num_tags, partitions))
+                genome_rejects = _rejects_rows(genome, spec("genome_scores").filename)
+                counts["genome_scores"] = {
+                    r["reason"]: int(r["count"])
+                    for r in genome_rejects.groupBy("reason").count().collect()
+                }
+                counts["genome_scores"]["valid"] = int(genome.agg(F.sum("num_rows")).first()[0] or 0)
+                if "genome_tags" not in others:
+                    genome = None  # scores without their tag list: no vectors
 
         with manifest.timed("write_rejects"):
             rejects = ratings_rejects.unionByName(rejects_of(movies_tagged, spec("movies")))
+            if scores is not None:
+                rejects = rejects.unionByName(genome_rejects)
             for table, df in others.items():
                 if sum(v for k, v in counts[table].items() if k != "valid"):
                     rejects = rejects.unionByName(rejects_of(df, spec(table)))
@@ -214,10 +240,6 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         sums = rated.groupBy(F.col("x.movie_ids").alias("movie_id")).agg(
             F.count(F.lit(1)).alias("n"), F.sum("x.ratings").cast("double").alias("total")
         )
-        genome = None
-        if "genome_scores" in others and "genome_tags" in others:
-            num_tags = counts["genome_tags"].get("valid", 0)
-            genome = genome_vectors(valid_of(others["genome_scores"]), num_tags, partitions)
         table = build_movie_table(
             movies,
             rating_stats(sums),
