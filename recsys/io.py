@@ -177,22 +177,21 @@ def list_dir(uri: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-def md5(uri: str) -> str:
+def _digest(uri: str, algorithm: str) -> str:
     fs, path = _fs(uri)
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     with fs.open_input_stream(path) as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def md5(uri: str) -> str:
+    return _digest(uri, "md5")
 
 
 def sha256(uri: str) -> str:
-    fs, path = _fs(uri)
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return _digest(uri, "sha256")
 
 
 def copy_to_local(uri: str, dest: str) -> str:

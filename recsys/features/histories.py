@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys.config import SplitConfig
+from recsys.features.arrow_util import partition_table
 from recsys.features.splits import ROLES, assign_splits
 
 HISTORY_COLUMNS = ("user_id", "movie_ids", "ratings", "timestamps", "num_ratings", "mean_rating")
@@ -124,10 +125,9 @@ def _reject_row(reasons: list[str], records: list[str]) -> pa.Table:
 
 def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = list(batches)
-        if not batches or sum(b.num_rows for b in batches) == 0:
+        table = partition_table(batches)
+        if table is None:
             return
-        table = pa.Table.from_batches(batches)
         valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
         good = table.filter(pa.array(valid))
         col = lambda name: good.column(name).to_numpy()  # noqa: E731

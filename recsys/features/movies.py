@@ -9,6 +9,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys.features.arrow_util import partition_table
+
 
 def rating_stats(sums: DataFrame) -> DataFrame:
     """``movie_id``, ``num_ratings``, ``mean_rating`` from per-movie ``n`` and ``total``
@@ -42,10 +44,9 @@ _GENOME_SCHEMA = (
 
 def _genome_partition(num_tags: int):  # noqa: ANN202
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = list(batches)
-        if not batches or sum(b.num_rows for b in batches) == 0:
+        table = partition_table(batches)
+        if table is None:
             return
-        table = pa.Table.from_batches(batches)
         valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
         good = table.filter(pa.array(valid))
         movie = good.column("movie_id").to_numpy()
