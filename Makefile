@@ -12,7 +12,8 @@ DRIVER_MEMORY ?= 6g
 export PYSPARK_PYTHON        := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export TF_USE_LEGACY_KERAS   := 1
-SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRIVER_MEMORY)
+SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRIVER_MEMORY) \
+  --driver-java-options "-Dlog4j2.configurationFile=$(abspath conf/log4j2.properties)"
 
 .PHONY: help check-java venv test run preprocess corpus bench-preprocess clean
 

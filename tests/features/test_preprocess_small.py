@@ -132,3 +132,24 @@ def test_manifest_and_pointer(small_run):
     stats = json.loads(io.read_text(io.join(result.run_dir, "stats.json")))
     assert stats["rating_mix"]["4.0"] == 26_818
     assert stats["ratings_per_user"]["min"] == 20
+
+
+GOLDEN_SCHEMAS = {
+    "histories": "struct<user_id:int,movie_ids:array<int>,ratings:array<float>,"
+                 "timestamps:array<bigint>,num_ratings:int,mean_rating:float>",
+    "movies": "struct<movie_id:int,title:string,year:int,genres:array<string>,num_ratings:int,"
+              "mean_rating:float,tags:array<string>,genome:array<float>,imdb_id:string,tmdb_id:int>",
+    "splits": "struct<user_id:int,role:string,holdout_movie_ids:array<int>,last_movie_id:int,"
+              "last_timestamp:bigint>",
+    "rejects": "struct<source:string,reason:string,record:string>",
+    "vocab/movies": "struct<movie_id:int,index:int,num_ratings:int>",
+    "vocab/users": "struct<user_id:int,index:int,num_ratings:int>",
+    "vocab/genres": "struct<genre:string,index:int,num_movies:int>",
+}
+
+
+@pytest.mark.parametrize("table", sorted(GOLDEN_SCHEMAS))
+def test_output_schemas_are_the_documented_ones(spark, small_run, table):
+    _, result = small_run
+    schema = spark.read.parquet(io.join(result.run_dir, table)).schema.simpleString()
+    assert schema == GOLDEN_SCHEMAS[table]
