@@ -15,12 +15,15 @@ export TF_USE_LEGACY_KERAS   := 1
 SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRIVER_MEMORY) \
   --driver-java-options "-Dlog4j2.configurationFile=$(abspath conf/log4j2.properties)"
 
-.PHONY: help check-java venv test run preprocess corpus bench-preprocess clean
+RELEASE ?= ml-25m
+
+.PHONY: help check-java venv test run preprocess corpus download bench-preprocess clean
 
 help:
 	@echo "make run               set up, then run the pipeline on data/ml-latest-small"
 	@echo "make test              set up, then run the tests"
 	@echo "make corpus            generate the full-scale synthetic corpus ($(SYNTHETIC))"
+	@echo "make download RELEASE=ml-25m  fetch an official release (MD5-checked) into data/downloads"
 	@echo "make bench-preprocess  time preprocessing of the full-scale corpus"
 	@echo "make clean             remove artifacts and the virtual environment"
 
@@ -55,6 +58,9 @@ $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
 
 corpus: $(SYNTHETIC)/ratings.csv
+
+download: venv
+	$(PY) jobs/download_movielens.py $(RELEASE) --dest data/downloads
 
 bench-preprocess: check-java venv corpus
 	$(PY) benchmarks/bench_preprocess.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY)

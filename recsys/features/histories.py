@@ -5,7 +5,8 @@ preprocessing. Each partition is then sorted, de-duplicated and cut into per-use
 with numpy inside ``mapInArrow`` (several times faster than a window + ``collect_list``
 on 2 cores). Besides one row per user, every partition emits one extra row (``user_id``
 null) that carries its quarantined rows (invalid rows and duplicate pairs) in
-``reject_reasons`` / ``reject_records``.
+``reject_reasons`` / ``reject_records``, and the number and sum of ratings per movie in
+``part_movie_*`` (for the movie table, without another pass over 25M ratings).
 
 A partition is held in memory by its Python worker: size ``preprocess.history_files`` so
 that a partition stays well under the worker's memory (25M ratings / 8 = ~60 MB).
@@ -40,12 +41,16 @@ _SCHEMA = pa.schema([
     ("last_timestamp", pa.int64()),
     ("reject_reasons", pa.list_(pa.string())),
     ("reject_records", pa.list_(pa.string())),
+    ("part_movie_ids", pa.list_(pa.int32())),
+    ("part_movie_counts", pa.list_(pa.int64())),
+    ("part_movie_sums", pa.list_(pa.float64())),
 ])
 SPARK_SCHEMA = (
     "user_id int, movie_ids array<int>, ratings array<float>, timestamps array<bigint>, "
     "num_ratings int, mean_rating float, role string, holdout_movie_ids array<int>, "
     "last_movie_id int, last_timestamp bigint, reject_reasons array<string>, "
-    "reject_records array<string>"
+    "reject_records array<string>, part_movie_ids array<int>, part_movie_counts array<bigint>, "
+    "part_movie_sums array<double>"
 )
 _OUT_USERS = 20_000  # users per output record batch
 
@@ -116,10 +121,18 @@ def user_tables(
     return columns, keep
 
 
-def _reject_row(reasons: list[str], records: list[str]) -> pa.Table:
+def _partition_row(reasons: list[str], records: list[str], movies: np.ndarray,
+                   ratings: np.ndarray) -> pa.Table:
+    """The partition's extra row: its rejects and per-movie rating counts and sums."""
     row = {name: pa.nulls(1, _SCHEMA.field(name).type) for name in _SCHEMA.names}
     row["reject_reasons"] = pa.array([reasons], pa.list_(pa.string()))
     row["reject_records"] = pa.array([records], pa.list_(pa.string()))
+    ids, inverse = np.unique(movies, return_inverse=True)
+    row["part_movie_ids"] = pa.array([ids], pa.list_(pa.int32()))
+    row["part_movie_counts"] = pa.array([np.bincount(inverse)], pa.list_(pa.int64()))
+    row["part_movie_sums"] = pa.array(
+        [np.bincount(inverse, weights=ratings.astype(np.float64))], pa.list_(pa.float64())
+    )
     return pa.table(row, schema=_SCHEMA)
 
 
@@ -133,8 +146,9 @@ def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
         col = lambda name: good.column(name).to_numpy()  # noqa: E731
         columns, keep = user_tables(col("user_id"), col("movie_id"), col("rating"), col("timestamp"), split)
         n = len(columns["user_id"])
-        columns["reject_reasons"] = pa.array([[]] * n, pa.list_(pa.string()))
-        columns["reject_records"] = pa.array([[]] * n, pa.list_(pa.string()))
+        for name in ("reject_reasons", "reject_records", "part_movie_ids",
+                     "part_movie_counts", "part_movie_sums"):
+            columns[name] = pa.nulls(n, _SCHEMA.field(name).type)
         yield from pa.table(columns, schema=_SCHEMA).to_batches(max_chunksize=_OUT_USERS)
 
         def rebuilt(rows: dict[str, list], i: int) -> str:  # record text from parsed values
@@ -148,8 +162,10 @@ def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
             dup = good.filter(pa.array(~keep)).to_pydict()
             reasons += ["duplicate_pair"] * len(dup["user_id"])
             records += [rebuilt(dup, i) for i in range(len(dup["user_id"]))]
-        if reasons:
-            yield from _reject_row(reasons, records).to_batches()
+        kept = good.filter(pa.array(keep))
+        yield from _partition_row(
+            reasons, records, kept.column("movie_id").to_numpy(), kept.column("rating").to_numpy()
+        ).to_batches()
 
     return run
 
@@ -172,3 +188,15 @@ def histories_of(built: DataFrame) -> DataFrame:
 
 def splits_of(built: DataFrame) -> DataFrame:
     return built.where(F.col("user_id").isNotNull()).select(*SPLIT_COLUMNS)
+
+
+def movie_sums_of(built: DataFrame) -> DataFrame:
+    """``movie_id``, ``n``, ``total``: valid ratings per movie, summed over partitions."""
+    parts = built.where(F.col("user_id").isNull()).select(F.explode(F.arrays_zip(
+        F.col("part_movie_ids").alias("movie_id"),
+        F.col("part_movie_counts").alias("n"),
+        F.col("part_movie_sums").alias("total"),
+    )).alias("x"))
+    return parts.groupBy(F.col("x.movie_id").alias("movie_id")).agg(
+        F.sum("x.n").alias("n"), F.sum("x.total").alias("total")
+    )

@@ -46,6 +46,7 @@ from recsys.data.validation import (
 from recsys.features.histories import (
     build_user_tables,
     histories_of,
+    movie_sums_of,
     splits_of,
 )
 from recsys.features.movies import (
@@ -236,10 +237,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
     histories = spark.read.parquet(out("histories"))
 
     with manifest.timed("write_movies"):
-        rated = histories.select(F.explode(F.arrays_zip("movie_ids", "ratings")).alias("x"))
-        sums = rated.groupBy(F.col("x.movie_ids").alias("movie_id")).agg(
-            F.count(F.lit(1)).alias("n"), F.sum("x.ratings").cast("double").alias("total")
-        )
+        sums = movie_sums_of(built)
         table = build_movie_table(
             movies,
             rating_stats(sums),

@@ -71,6 +71,8 @@ def test_duplicate_pair_keeps_latest(spark, tmp_path):
     assert h["movie_ids"] == [1, 3, 2]
     assert h["ratings"][2] == 2.0
     assert result.manifest["counts"]["rows_by_reason"]["ratings"]["duplicate_pair"] == 2
+    movie = spark.read.parquet(io.join(result.run_dir, "movies")).where("movie_id = 2").first()
+    assert (movie["num_ratings"], movie["mean_rating"]) == (1, 2.0)  # duplicates not counted
 
 
 def test_invalid_row_does_not_shadow_valid_duplicate(spark, tmp_path):
