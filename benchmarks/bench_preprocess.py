@@ -48,6 +48,7 @@ def main() -> int:
     spark_submit = str(Path(sys.executable).parent / "spark-submit")
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     cmd = [spark_submit, "--master", "local[2]", "--driver-memory", args.driver_memory,
+           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
            str(REPO / "jobs/preprocess.py"), "--input", args.input, "--artifact-root", root]
     print("running:", " ".join(cmd), flush=True)
     peak = 0
