@@ -14,7 +14,7 @@ from recsys.features.arrow_util import partition_table
 
 def rating_stats(sums: DataFrame) -> DataFrame:
     """``movie_id``, ``num_ratings``, ``mean_rating`` from per-movie ``n`` and ``total``
-    (rows may repeat a movie; negative rows subtract)."""
+    (a movie may have several rows: they are summed)."""
     agg = sums.groupBy("movie_id").agg(F.sum("n").alias("n"), F.sum("total").alias("total"))
     return agg.select(
         "movie_id",
@@ -69,14 +69,18 @@ def _genome_partition(num_tags: int):  # noqa: ANN202
             [pa.array(movie[starts], pa.int32()), genome, pa.array(counts, pa.int32()), empty, empty],
             names=["movie_id", "genome", "num_rows", "reject_reasons", "reject_records"],
         )
-        bad = table.filter(pa.array(~valid))
-        if bad.num_rows:
+        bad = table.filter(pa.array(~valid)).to_pydict()
+        if bad["reason"]:
+            records = [  # rows rejected after parsing (unknown movie) keep no raw text
+                rec if rec is not None else f"{m},{t},{float(r)!r}"
+                for rec, m, t, r in zip(bad["record"], bad["movie_id"], bad["tag_id"], bad["relevance"])
+            ]
             yield pa.RecordBatch.from_pydict({
                 "movie_id": pa.nulls(1, pa.int32()),
                 "genome": pa.nulls(1, pa.list_(pa.float32())),
                 "num_rows": pa.nulls(1, pa.int32()),
-                "reject_reasons": pa.array([bad.column("reason").to_pylist()], pa.list_(pa.string())),
-                "reject_records": pa.array([bad.column("record").to_pylist()], pa.list_(pa.string())),
+                "reject_reasons": pa.array([bad["reason"]], pa.list_(pa.string())),
+                "reject_records": pa.array([records], pa.list_(pa.string())),
             })
 
     return run

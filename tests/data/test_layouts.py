@@ -79,7 +79,7 @@ def test_ml100k(spark, tmp_path):
 def test_csv_with_genome(spark, tmp_path):
     scores = "movieId,tagId,relevance\r\n" + "".join(
         f"{m},{t},{0.1 * t + (0.5 if m == 2 else 0):.5f}\r\n" for m in (1, 2) for t in (1, 2, 3)
-    ) + "3,1,0.5\r\n" + "2,3,high\r\n" + "2,3,1.5\r\n"
+    ) + "3,1,0.5\r\n" + "2,3,high\r\n" + "2,3,1.5\r\n" + "99,1,0.25\r\n"
     src = write_release(tmp_path / "ml-25m", {
         "ratings.csv": ratings_csv("1,1,4.0,10", "1,2,3.5,11", "2,3,5.0,12"),
         "movies.csv": MOVIES_CSV,
@@ -92,8 +92,10 @@ def test_csv_with_genome(spark, tmp_path):
     _, m = _tables(spark, result)
     rejects = {tuple(r) for r in spark.read.parquet(io.join(result.run_dir, "rejects")).collect()}
     assert rejects == {("genome-scores.csv", "bad_relevance", "2,3,high"),
-                       ("genome-scores.csv", "bad_relevance", "2,3,1.5")}
-    assert result.manifest["counts"]["rows_by_reason"]["genome_scores"] == {"valid": 7, "bad_relevance": 2}
+                       ("genome-scores.csv", "bad_relevance", "2,3,1.5"),
+                       ("genome-scores.csv", "unknown_movie", "99,1,0.25")}
+    assert result.manifest["counts"]["rows_by_reason"]["genome_scores"] == {
+        "valid": 7, "bad_relevance": 2, "unknown_movie": 1}
     assert m[1]["genome"] == pytest.approx([0.1, 0.2, 0.3])
     assert m[2]["genome"] == pytest.approx([0.6, 0.7, 0.8])
     assert m[3]["genome"] is None  # scored on 1 of 3 tags only: no partial vector
