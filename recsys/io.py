@@ -177,21 +177,13 @@ def list_dir(uri: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-def _digest(uri: str, algorithm: str) -> str:
+def md5(uri: str) -> str:
     fs, path = _fs(uri)
-    digest = hashlib.new(algorithm)
+    digest = hashlib.md5()
     with fs.open_input_stream(path) as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def md5(uri: str) -> str:
-    return _digest(uri, "md5")
-
-
-def sha256(uri: str) -> str:
-    return _digest(uri, "sha256")
 
 
 def copy_to_local(uri: str, dest: str) -> str:
