@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys.config import SplitConfig
-from recsys.features.arrow_util import partition_table
+from recsys.features.arrow_util import partition_table, split_tagged
 from recsys.features.splits import ROLES, assign_splits
 
 HISTORY_COLUMNS = ("user_id", "movie_ids", "ratings", "timestamps", "num_ratings", "mean_rating")
@@ -141,8 +141,7 @@ def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
         table = partition_table(batches)
         if table is None:
             return
-        valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
-        good = table.filter(pa.array(valid))
+        good, bad = split_tagged(table)
         col = lambda name: good.column(name).to_numpy()  # noqa: E731
         columns, keep = user_tables(col("user_id"), col("movie_id"), col("rating"), col("timestamp"), split)
         n = len(columns["user_id"])
@@ -155,7 +154,6 @@ def _partition(split: SplitConfig, sep: str):  # noqa: ANN202
             u, m, r, t = (rows[c][i] for c in ("user_id", "movie_id", "rating", "timestamp"))
             return sep.join((str(u), str(m), repr(float(r)), str(t)))
 
-        bad = table.filter(pa.array(~valid)).to_pydict()
         reasons = bad["reason"]
         records = [rec if rec is not None else rebuilt(bad, i) for i, rec in enumerate(bad["record"])]
         if not keep.all():

@@ -9,7 +9,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys.features.arrow_util import partition_table
+from recsys.features.arrow_util import partition_table, split_tagged
 
 
 def rating_stats(sums: DataFrame) -> DataFrame:
@@ -47,8 +47,7 @@ def _genome_partition(num_tags: int):  # noqa: ANN202
         table = partition_table(batches)
         if table is None:
             return
-        valid = table.column("reason").is_null().to_numpy(zero_copy_only=False)
-        good = table.filter(pa.array(valid))
+        good, bad = split_tagged(table)
         movie = good.column("movie_id").to_numpy()
         tag = good.column("tag_id").to_numpy()
         rel = good.column("relevance").to_numpy()
@@ -69,7 +68,6 @@ def _genome_partition(num_tags: int):  # noqa: ANN202
             [pa.array(movie[starts], pa.int32()), genome, pa.array(counts, pa.int32()), empty, empty],
             names=["movie_id", "genome", "num_rows", "reject_reasons", "reject_records"],
         )
-        bad = table.filter(pa.array(~valid)).to_pydict()
         if bad["reason"]:
             records = [  # rows rejected after parsing (unknown movie) keep no raw text
                 rec if rec is not None else f"{m},{t},{float(r)!r}"
