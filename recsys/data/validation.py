@@ -125,16 +125,13 @@ def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
     has_fast = FAST_OK in raw.columns
     fast = F.col(FAST_OK) if has_fast else F.lit(False)
     first = spec.columns[0]
-    raw_cols = [F.col(c).alias(f"_raw_{c}") for c in columns]
-    if not has_fast:  # a BOM can only start the first field of a headerless file
-        raw_cols[0] = F.regexp_replace(F.col(first), f"^{_BOM}", "").alias(f"_raw_{first}")
-    raw = raw.select(*raw_cols, CORRUPT, fast.alias(FAST_OK))
-    if has_fast:
-        raw = raw.withColumn(
-            f"_raw_{first}",
-            F.when(F.col(FAST_OK), F.col(f"_raw_{first}"))
-            .otherwise(F.regexp_replace(F.col(f"_raw_{first}"), f"^{_BOM}", "")),
-        )
+    raw = raw.select(*[F.col(c).alias(f"_raw_{c}") for c in columns], CORRUPT, fast.alias(FAST_OK))
+    # A BOM can only start the first field (of a headerless file); a well-formed line has none.
+    raw = raw.withColumn(
+        f"_raw_{first}",
+        F.when(F.col(FAST_OK), F.col(f"_raw_{first}"))
+        .otherwise(F.regexp_replace(F.col(f"_raw_{first}"), f"^{_BOM}", "")),
+    )
 
     # Step 1: typed values (null when the text does not have the form of a valid value).
     # Step 2, in a separate projection so that each value is computed once: the reason.

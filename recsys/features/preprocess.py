@@ -94,6 +94,16 @@ def _rejects_rows(built: DataFrame, source: str) -> DataFrame:
     return rows.select(F.lit(source).alias("source"), "x.reason", "x.record")
 
 
+def _grouped_counts(rejects: DataFrame, built: DataFrame, rows_column: str) -> dict[str, int]:
+    """Rows by reason for a table grouped in one pass: the rejects it carries, and its
+    valid rows summed from ``rows_column`` (under "valid", when there are any)."""
+    counts = {r["reason"]: int(r["count"]) for r in rejects.groupBy("reason").count().collect()}
+    valid = built.agg(F.sum(rows_column)).first()[0] or 0
+    if valid:
+        counts["valid"] = int(valid)
+    return counts
+
+
 def _record_counts(manifest: artifacts.Manifest, counts: dict[str, dict[str, int]]) -> None:
     manifest["counts"]["rows_by_reason"] = counts
     manifest["counts"]["rejected"] = {
@@ -184,13 +194,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
                 tagged("ratings"), partitions, config.split, sep=spec("ratings").sep
             ))
             ratings_rejects = _rejects_rows(built, spec("ratings").filename)
-            counts["ratings"] = {
-                r["reason"]: int(r["count"])
-                for r in ratings_rejects.groupBy("reason").count().collect()
-            }
-            valid = built.agg(F.sum("num_ratings")).first()[0] or 0
-            if valid:
-                counts["ratings"]["valid"] = int(valid)
+            counts["ratings"] = _grouped_counts(ratings_rejects, built, "num_ratings")
             for table in ("ratings", "movies"):
                 if not counts[table]:
                     raise InputFileError(
@@ -211,11 +215,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
                 num_tags = counts.get("genome_tags", {}).get("valid", 0)
                 genome = keep(genome_vectors(scores, num_tags, partitions))
                 genome_rejects = _rejects_rows(genome, spec("genome_scores").filename)
-                counts["genome_scores"] = {
-                    r["reason"]: int(r["count"])
-                    for r in genome_rejects.groupBy("reason").count().collect()
-                }
-                counts["genome_scores"]["valid"] = int(genome.agg(F.sum("num_rows")).first()[0] or 0)
+                counts["genome_scores"] = _grouped_counts(genome_rejects, genome, "num_rows")
                 if "genome_tags" not in others:
                     genome = None  # scores without their tag list: no vectors
 
