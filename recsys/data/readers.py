@@ -42,7 +42,8 @@ def check_header(uri: str, spec: TableSpec, encoding: str) -> None:
 
 
 #: Tables made of numbers only: no quoting is possible, so they are split by the separator
-#: instead of going through the CSV parser (about 3x faster on 25M ratings).
+#: instead of going through the CSV parser, and well-formed lines skip the per-field checks
+#: (measured on 25M ratings: 41.5 s for CSV reader + per-field checks, 25.2 s this way).
 NUMERIC_TABLES = ("ratings", "genome_scores")
 #: True for a line whose every field already has the form of a valid value.
 FAST_OK = "_looks_valid"
