@@ -17,7 +17,8 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 
 RELEASE ?= ml-25m
 
-.PHONY: help check-java venv test run preprocess corpus download bench-preprocess clean
+.PHONY: help check-java venv test run preprocess train corpus download bench-preprocess \
+        bench-train bench-train-quality clean
 
 help:
 	@echo "make run               set up, then run the pipeline on data/ml-latest-small"
@@ -25,6 +26,8 @@ help:
 	@echo "make corpus            generate the full-scale synthetic corpus ($(SYNTHETIC))"
 	@echo "make download RELEASE=ml-25m  fetch an official release (MD5-checked) into data/downloads"
 	@echo "make bench-preprocess  time preprocessing of the full-scale corpus"
+	@echo "make bench-train       time training on the full-scale corpus"
+	@echo "make bench-train-quality  two-tower vs MF vs most-popular on ml-latest-small"
 	@echo "make clean             remove artifacts and the virtual environment"
 
 check-java:
@@ -50,9 +53,12 @@ test: check-java venv
 	$(PY) -m pytest -q tests
 
 preprocess: check-java venv
-	$(SPARK_SUBMIT) jobs/preprocess.py --artifact-root $(ARTIFACTS)
+	$(SPARK_SUBMIT) jobs/preprocess.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
 
-run: preprocess
+train: venv
+	$(PY) jobs/train.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+
+run: preprocess train
 
 $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
@@ -64,6 +70,12 @@ download: venv
 
 bench-preprocess: check-java venv corpus
 	$(PY) benchmarks/bench_preprocess.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY)
+
+bench-train: check-java venv corpus
+	$(PY) benchmarks/bench_train.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY)
+
+bench-train-quality: check-java venv
+	$(PY) benchmarks/bench_train.py --quality-small
 
 clean:
 	rm -rf $(ARTIFACTS) $(VENV) spark-warehouse metastore_db derby.log

@@ -10,30 +10,12 @@ Goal (DESIGN §7): <= 120 s wall, peak RSS <= 8 GiB on 2 cores.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
 
 
 def main() -> int:
@@ -45,33 +27,12 @@ def main() -> int:
     args = p.parse_args()
 
     root = args.artifact_root or tempfile.mkdtemp(prefix="bench-preprocess-")
-    spark_submit = str(Path(sys.executable).parent / "spark-submit")
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    cmd = [spark_submit, "--master", "local[2]", "--driver-memory", args.driver_memory,
-           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
+    cmd = [*spark_submit_cmd(sys.executable, args.driver_memory),
            str(REPO / "jobs/preprocess.py"), "--input", args.input, "--artifact-root", root]
-    print("running:", " ".join(cmd), flush=True)
-    peak = 0
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    ps = psutil.Process(proc.pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss(ps))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    rc = proc.wait()
-    wall = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    if rc != 0:
-        print(f"preprocess failed with exit code {rc}", file=sys.stderr)
-        return rc
+    measured = run_measured(cmd, job_env(sys.executable))
+    if measured.returncode != 0:
+        print(f"preprocess failed with exit code {measured.returncode}", file=sys.stderr)
+        return measured.returncode
 
     sys.path.insert(0, str(REPO))
     from recsys import artifacts, io
@@ -79,14 +40,13 @@ def main() -> int:
     run_dir = artifacts.resolve(io.normalize_uri(root), "preprocess")
     manifest = artifacts.read_manifest(run_dir)
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.processor() or platform.machine()}",
+        **machine(),
         "input": args.input,
         "ratings": manifest["counts"]["ratings"],
         "users": manifest["counts"]["users"],
         "movies": manifest["counts"]["movies"],
-        "wall_s": round(wall, 1),
-        "peak_rss_gib": round(peak / 2**30, 2),
+        "wall_s": measured.wall_s,
+        "peak_rss_gib": measured.peak_rss_gib,
         "stage_timings_s": manifest["timings_s"],
         "goal": {"wall_s": 120, "peak_rss_gib": 8},
     }

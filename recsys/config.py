@@ -60,6 +60,71 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The two towers (DESIGN §5)."""
+
+    #: "history" (watch-history user tower, the default) or "mf" (user-id embedding baseline).
+    kind: str = "history"
+    #: Output dimension of both towers (the space the index searches).
+    embedding_dim: int = 64
+    #: The user tower reads the last this many rated movies.
+    history_length: int = 50
+    #: Width of the user tower's attention block and of the movie-id embeddings.
+    hidden_dim: int = 64
+    attention_heads: int = 2
+    #: Dense layer sizes after pooling (user) and after the feature concat (movie).
+    tower_layers: tuple[int, ...] = (128,)
+    #: Movies with fewer training ratings share one "rare" id embedding, so a new movie is
+    #: embedded from its content alone.
+    min_ratings_for_id: int = 1
+    #: Title tokens: vocabulary size and tokens kept per title.
+    title_vocab_size: int = 20000
+    title_tokens: int = 8
+    #: Use genome tag relevance when the corpus has it.
+    use_genome: bool = True
+    #: Dropout on the towers' inputs during training.
+    dropout: float = 0.0
+    #: The user tower reads history movies through the movie tower's id embedding.
+    share_embeddings: bool = False
+    #: L2-normalize tower outputs (dot product = cosine); the loss divides by temperature.
+    normalize: bool = True
+    temperature: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (DESIGN §5): sampling of examples, optimizer, validation."""
+
+    seed: int = 7
+    epochs: int = 3
+    #: Rows per batch: history windows (history model) or user rows (mf); each row carries
+    #: up to ``targets_per_window`` targets, all of a batch's targets are its negatives.
+    batch_size: int = 128
+    learning_rate: float = 0.001
+    #: At most about this many targets per training user per epoch (bounded cost on large
+    #: corpora; a user gets ceil(examples_per_user / targets_per_window) windows at most).
+    examples_per_user: int = 64
+    #: Targets drawn from one history window; each is predicted from the ratings before it
+    #: in the window (causal attention), so one pass over a window trains many targets.
+    targets_per_window: int = 32
+    #: Only ratings >= this are training targets; 0 keeps every rating (the default).
+    min_target_rating: float = 0.0
+    #: Users read from the histories Parquet per chunk; examples are shuffled per chunk.
+    users_per_chunk: int = 8192
+    #: In-batch softmax corrections (DESIGN §5).
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    #: Validation metric checked after every epoch; the best epoch's weights are kept.
+    select_metric: str = "recall@20"
+    #: Stop after this many epochs without improvement (0: run every epoch).
+    patience: int = 2
+    #: Validation users scored per batch when computing metrics.
+    eval_batch_size: int = 512
+    #: Write TensorBoard logs under <run>/tensorboard.
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     #: Used only when spark-submit did not already set a master.
     master: str = "local[2]"
@@ -79,6 +144,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def replace(self, **changes: Any) -> "Config":

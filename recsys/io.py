@@ -13,9 +13,13 @@ import os
 import posixpath
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
 _CHUNK = 8 << 20
@@ -201,3 +205,46 @@ def copy_from_local(src: str, uri: str) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
+
+
+# ---------------------------------------------------------------------------- Parquet
+
+
+def parquet_parts(uri: str) -> list[str]:
+    """The data files of a Parquet dataset directory (or the file itself), sorted."""
+    if is_file(uri):
+        return [normalize_uri(uri)]
+    parts = [e.uri for e in list_files(uri)
+             if e.relpath.endswith(".parquet") and not posixpath.basename(e.relpath).startswith(("_", "."))]
+    if not parts:
+        raise ArtifactIOError(f"no Parquet files under {uri}")
+    return parts
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> "pa.Table":
+    """A whole Parquet dataset (directory or file) as one Arrow table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for part in parquet_parts(uri):
+        fs, path = _fs(part)
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def iter_parquet(uri: str, columns: list[str], batch_rows: int) -> Iterator["pa.RecordBatch"]:
+    """Record batches of at most ``batch_rows`` rows from one Parquet file, streaming."""
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as handle:
+        yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def write_parquet(table: "pa.Table", uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    pq.write_table(table, path, filesystem=fs)

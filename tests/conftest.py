@@ -57,6 +57,16 @@ def make_config(tmp_path: Path, source: Path | str, **data_overrides) -> Config:
     ).replace(preprocess=Config().preprocess.__class__(history_files=2))
 
 
+@pytest.fixture(scope="session")
+def small_run(spark, tmp_path_factory):
+    """ml-latest-small preprocessed once per test session: (config, PreprocessResult)."""
+    from recsys.features.preprocess import run_preprocess
+
+    tmp = tmp_path_factory.mktemp("small")
+    config = make_config(tmp, SMALL)
+    return config, run_preprocess(spark, config)
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

@@ -9,15 +9,7 @@ from pyspark.sql import functions as F
 
 from recsys import artifacts, io
 from recsys.features.preprocess import run_preprocess
-from tests.conftest import SMALL, make_config
-
-
-@pytest.fixture(scope="module")
-def small_run(spark, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("small")
-    config = make_config(tmp, SMALL)
-    result = run_preprocess(spark, config)
-    return config, result
+from tests.conftest import SMALL
 
 
 def test_exact_counts(spark, small_run):

@@ -1,0 +1,76 @@
+"""What every benchmark script shares: run a command, time it, sample the peak RSS of its
+whole process tree (every 0.2 s), and describe the machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Measured:
+    returncode: int
+    wall_s: float
+    peak_rss_gib: float
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
+    print("running:", " ".join(cmd), flush=True)
+    peak = 0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    ps = psutil.Process(proc.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(ps))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rc = proc.wait()
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    return Measured(rc, round(wall, 1), round(peak / 2**30, 2))
+
+
+def machine() -> dict[str, str]:
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB "
+                   f"RAM, {platform.processor() or platform.machine()}",
+    }
+
+
+def spark_submit_cmd(python: str, driver_memory: str) -> list[str]:
+    return [str(Path(python).parent / "spark-submit"), "--master", "local[2]",
+            "--driver-memory", driver_memory, "--driver-java-options",
+            f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}"]
+
+
+def job_env(python: str) -> dict[str, str]:
+    return dict(os.environ, PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python,
+                TF_USE_LEGACY_KERAS="1")

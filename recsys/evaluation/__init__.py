@@ -1,0 +1,1 @@
+"""Offline evaluation (DESIGN §6): metrics, protocols, baselines and the report."""

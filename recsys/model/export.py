@@ -1,0 +1,108 @@
+"""The exported user tower: a SavedModel that takes raw ids and returns embeddings.
+
+``history`` models export ``embed(movie_ids int64 [B, W], ratings float32 [B, W])``:
+left-padded raw MovieLens movie ids (0 = padding, most recent last) and their ratings;
+only the last ``history_length`` columns are read, and ids the model does not know are
+treated as padding. ``mf`` models export ``embed_users(user_ids int64 [B])``.
+
+Beside the SavedModel, ``model.json`` records the kind, dimensions and the training run
+(the model version), which scoring checks before it trusts the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+SAVED_MODEL = "user_tower"
+MODEL_INFO = "model.json"
+
+
+def _index_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
+    """Raw id -> model index (position + 1); unknown ids -> 0 (padding / unknown)."""
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(np.asarray(ids, np.int64)),
+            tf.constant(np.arange(1, len(ids) + 1, dtype=np.int32))),
+        default_value=0)
+
+
+class _HistoryExport(tf.Module):
+    def __init__(self, tower: tf.keras.Model, movie_ids: np.ndarray) -> None:
+        super().__init__()
+        self.tower = tower
+        self.table = _index_table(movie_ids)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None], tf.int64, name="movie_ids"),
+        tf.TensorSpec([None, None], tf.float32, name="ratings"),
+    ])
+    def embed(self, movie_ids, ratings):
+        return self.tower((self.table.lookup(movie_ids), ratings), training=False)
+
+
+class _UserIdExport(tf.Module):
+    def __init__(self, tower: tf.keras.Model, user_ids: np.ndarray) -> None:
+        super().__init__()
+        self.tower = tower
+        self.table = _index_table(user_ids)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="user_ids")])
+    def embed_users(self, user_ids):
+        return self.tower(self.table.lookup(user_ids), training=False)
+
+
+def save_user_tower(directory: str, tower: tf.keras.Model, *, kind: str, ids: np.ndarray,
+                    info: dict[str, Any]) -> None:
+    """Write ``<directory>/user_tower`` (SavedModel) and ``<directory>/model.json``.
+
+    ``ids`` are the raw movie ids by model index (history) or user ids by user index (mf).
+    """
+    if kind == "history":
+        module: tf.Module = _HistoryExport(tower, ids)
+        signatures = {"serving_default": module.embed}
+    else:
+        module = _UserIdExport(tower, ids)
+        signatures = {"serving_default": module.embed_users}
+    tf.saved_model.save(module, os.path.join(directory, SAVED_MODEL), signatures=signatures)
+    with open(os.path.join(directory, MODEL_INFO), "w", encoding="utf-8") as fh:
+        json.dump({"kind": kind, **info}, fh, indent=2)
+        fh.write("\n")
+
+
+@dataclass
+class UserTower:
+    """A loaded user tower: call :meth:`embed` with left-padded numpy histories."""
+
+    info: dict[str, Any]
+    module: Any
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    def embed(self, movie_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        if self.kind != "history":
+            raise TypeError(f"this is a '{self.kind}' model: call embed_users(user_ids)")
+        return self.module.embed(tf.constant(movie_ids, tf.int64),
+                                 tf.constant(ratings, tf.float32)).numpy()
+
+    def embed_users(self, user_ids: np.ndarray) -> np.ndarray:
+        if self.kind != "mf":
+            raise TypeError(f"this is a '{self.kind}' model: call embed(movie_ids, ratings)")
+        return self.module.embed_users(tf.constant(user_ids, tf.int64)).numpy()
+
+
+def load_user_tower(directory: str) -> UserTower:
+    """Load what :func:`save_user_tower` wrote (a local directory)."""
+    info_path = os.path.join(directory, MODEL_INFO)
+    if not os.path.isfile(info_path):
+        raise FileNotFoundError(f"no {MODEL_INFO} in {directory}: not an exported user tower")
+    with open(info_path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    return UserTower(info, tf.saved_model.load(os.path.join(directory, SAVED_MODEL)))
