@@ -17,7 +17,7 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 
 RELEASE ?= ml-25m
 
-.PHONY: help check-java venv test run preprocess train corpus download bench-preprocess \
+.PHONY: help check-java venv test run preprocess train index score corpus download bench-preprocess \
         bench-train bench-train-quality clean
 
 help:
@@ -58,7 +58,13 @@ preprocess: check-java venv
 train: venv
 	$(PY) jobs/train.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
 
-run: preprocess train
+index: venv
+	$(PY) jobs/build_index.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+
+score: check-java venv
+	$(SPARK_SUBMIT) jobs/score_all_users.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+
+run: preprocess train index score
 
 $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
@@ -78,4 +84,4 @@ bench-train-quality: check-java venv
 	$(PY) benchmarks/bench_train.py --quality-small
 
 clean:
-	rm -rf $(ARTIFACTS) $(VENV) spark-warehouse metastore_db derby.log
+	rm -rf $(ARTIFACTS) $(VENV) metastore spark-warehouse metastore_db derby.log

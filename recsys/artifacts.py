@@ -141,3 +141,25 @@ def resolve(root: str, stage: str, run_id: str | None = None) -> str:
 
 def read_manifest(run_dir: str) -> dict[str, Any]:
     return json.loads(io.read_text(io.join(run_dir, MANIFEST)))
+
+
+def verify(run_dir: str) -> dict[str, Any]:
+    """Check every output file of a completed run against its manifest (size and MD5).
+
+    Returns the manifest; raises :class:`ArtifactError` naming the first file that is
+    missing, truncated or altered, so a corrupt artifact is refused before it is used.
+    """
+    if not io.is_file(io.join(run_dir, SUCCESS)):
+        raise ArtifactError(f"{run_dir} is incomplete (no {SUCCESS})")
+    manifest = read_manifest(run_dir)
+    for entry in manifest.get("outputs", []):
+        uri = io.join(run_dir, entry["path"])
+        if not io.is_file(uri):
+            raise ArtifactError(f"{uri} is missing (listed in {run_dir}/{MANIFEST})")
+        if io.size(uri) != entry["size"]:
+            raise ArtifactError(
+                f"{uri} has {io.size(uri)} bytes, the manifest says {entry['size']}: truncated "
+                f"or replaced")
+        if io.md5(uri) != entry["md5"]:
+            raise ArtifactError(f"{uri} does not match its MD5 in the manifest: corrupt or altered")
+    return manifest

@@ -125,6 +125,46 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """The nearest-movie index (DESIGN §4.3)."""
+
+    #: Neighbours the index is built and its recall measured for (= scoring's top N).
+    num_neighbors: int = 100
+    #: ScaNN tree leaves, leaves searched, candidates re-ordered exactly; 0 = sized to the
+    #: catalog (about sqrt(movies) leaves, a fifth searched, 4 x num_neighbors re-ordered).
+    leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
+    dims_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    #: The build fails (nothing published) when ScaNN's recall@num_neighbors against exact
+    #: search on sampled real user embeddings is below this.
+    recall_floor: float = 0.99
+    recall_sample_users: int = 2000
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Scoring every user and publishing the tables (DESIGN §4.4-4.5)."""
+
+    #: Movies recommended per user (already-rated movies excluded).
+    top_n: int = 100
+    #: Users per Arrow batch handed to the pandas UDF (bounds worker memory).
+    batch_size: int = 4096
+    #: Deeper searches (users who rated many movies) use the exact searcher.
+    max_scann_depth: int = 1024
+    #: Neighbours per movie in the similar-movies table.
+    similar_movies: int = 20
+    #: Root of the published tables; "" = <artifact_root>/tables.
+    table_root: str = ""
+    #: Spark SQL database the tables are registered in.
+    database: str = "default"
+    recommendations_table: str = "movielens_recommendations"
+    user_embeddings_table: str = "movielens_user_embeddings"
+    similar_movies_table: str = "movielens_similar_movies"
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     #: Used only when spark-submit did not already set a master.
     master: str = "local[2]"
@@ -135,6 +175,11 @@ class SparkConfig:
     max_partition_bytes: str = "128m"
     log_level: str = "WARN"
     ui_enabled: bool = False
+    #: Register tables in a Hive metastore (persistent catalog) instead of in memory.
+    hive_catalog: bool = True
+    #: Directory of the embedded Derby metastore and the warehouse for local runs; ""
+    #: uses the cluster's hive-site.xml instead.
+    metastore_dir: str = "metastore"
 
 
 @dataclass(frozen=True)
@@ -146,6 +191,8 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
     def replace(self, **changes: Any) -> "Config":

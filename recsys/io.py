@@ -248,3 +248,16 @@ def write_parquet(table: "pa.Table", uri: str) -> None:
     fs, path = _fs(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     pq.write_table(table, path, filesystem=fs)
+
+
+def local_copy(uri: str, dest: str) -> str:
+    """A local path holding the file or directory tree at ``uri``: the path itself when
+    ``uri`` is local, else a copy under ``dest``."""
+    if is_local(uri):
+        return local_path(uri)
+    fs, path = _fs(uri)
+    os.makedirs(dest, exist_ok=True)
+    target = os.path.join(dest, posixpath.basename(path.rstrip("/")))
+    pafs.copy_files(path, target, source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return target

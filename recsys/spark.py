@@ -61,6 +61,13 @@ def build_session(
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():
         set_default(f"spark.executorEnv.{key}", value)
+    if config.hive_catalog:
+        set_default("spark.sql.catalogImplementation", "hive")
+        if config.metastore_dir:
+            meta = os.path.abspath(config.metastore_dir)
+            set_default("spark.sql.warehouse.dir", os.path.join(meta, "warehouse"))
+            set_default("spark.hadoop.javax.jdo.option.ConnectionURL",
+                        f"jdbc:derby:;databaseName={os.path.join(meta, 'metastore_db')};create=true")
     for key, value in (extra or {}).items():
         builder.config(key, value)
 

@@ -30,7 +30,8 @@ def spark():
 
     session = build_session(
         "recsys-tests",
-        SparkConfig(master="local[2]", driver_memory="3g", shuffle_partitions=4),
+        SparkConfig(master="local[2]", driver_memory="3g", shuffle_partitions=4,
+                    hive_catalog=False),
         extra={"spark.default.parallelism": "4"},
     )
     yield session
@@ -65,6 +66,17 @@ def small_run(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("small")
     config = make_config(tmp, SMALL)
     return config, run_preprocess(spark, config)
+
+
+@pytest.fixture(scope="session")
+def small_trained(small_run):
+    """The shipped conf/default.toml model trained once on ml-latest-small (TrainResult)."""
+    from recsys.config import load_config
+    from recsys.model.train import run_train
+
+    config, _ = small_run
+    shipped = load_config(REPO / "conf" / "default.toml")
+    return run_train(config.replace(model=shipped.model, train=shipped.train))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import artifacts, io
-from recsys.config import ModelConfig, TrainConfig, load_config
+from recsys.config import ModelConfig, TrainConfig
 from recsys.evaluation.metrics import most_popular_scores, ranking_metrics, top_k_exact
 from recsys.model.examples import TEST, held_out_users
 from recsys.model.export import load_user_tower, save_user_tower
@@ -21,13 +21,11 @@ from recsys.model.inputs import pad_histories, windows
 from recsys.model.train import run_train
 from tests.conftest import REPO
 
-SHIPPED = load_config(REPO / "conf" / "default.toml")  # what `make run` trains
 
 
-@pytest.fixture(scope="module")
-def trained(small_run):
-    config, _ = small_run
-    return run_train(config.replace(model=SHIPPED.model, train=SHIPPED.train))
+@pytest.fixture
+def trained(small_trained):
+    return small_trained
 
 
 def _test_user_metrics(result, embed_users):

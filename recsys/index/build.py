@@ -1,0 +1,157 @@
+"""Stage 3 (DESIGN §4.3): build the exact and ScaNN searchers from a train run.
+
+Writes ``<root>/index/<run_id>/``::
+
+    exact/    brute-force searcher (ScaNN float32 brute force): the ground truth
+    scann/    tree + asymmetric hashing + re-ordering, sized to the catalog
+    config.toml, manifest.json (train run, model version, settings, recall, timings,
+    checksums), _SUCCESS
+
+The build embeds a sample of real users (their last ``history_length`` ratings through
+the exported user tower), measures ScaNN's recall@N against the exact searcher, records
+it, and refuses to commit an index whose recall is below ``index.recall_floor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys import artifacts, io
+from recsys.config import Config
+from recsys.index.searcher import MovieSearcher, recall_at_k, scann_settings
+from recsys.model.export import UserTower, load_user_tower
+from recsys.model.inputs import UserChunk, windows
+
+log = logging.getLogger(__name__)
+STAGE = "index"
+
+
+class IndexRecallError(artifacts.ArtifactError):
+    """The approximate index finds too few of the exact neighbours to be published."""
+
+
+@dataclass
+class IndexResult:
+    run_dir: str
+    manifest: artifacts.Manifest
+    recall: float
+
+
+def read_movie_embeddings(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    table = io.read_parquet(io.join(train_dir, "movie_embeddings"))
+    ids = table.column("movie_id").to_numpy().astype(np.int64)
+    col = table.column("embedding").combine_chunks()
+    dim = len(col[0]) if len(col) else 0
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.float32)
+    if values.size != ids.size * dim:
+        raise artifacts.ArtifactError(f"{train_dir}/movie_embeddings has ragged embeddings")
+    return values.reshape(ids.size, dim), ids
+
+
+def embed_histories(tower: UserTower, user_ids: np.ndarray, movie_ids: np.ndarray,
+                    ratings: np.ndarray, offsets: np.ndarray, batch_size: int = 4096
+                    ) -> np.ndarray:
+    """User embeddings from flat raw histories (CSR), through the exported tower."""
+    length = tower.info["history_length"]
+    out = []
+    for start in range(0, user_ids.size, batch_size):
+        stop = min(start + batch_size, user_ids.size)
+        if tower.kind == "history":
+            m, r = windows(movie_ids, ratings, offsets[start:stop], offsets[start + 1:stop + 1],
+                           length)
+            out.append(tower.embed(m, r))
+        else:
+            out.append(tower.embed_users(user_ids[start:stop]))
+    dim = tower.info["embedding_dim"]
+    return np.vstack(out) if out else np.zeros((0, dim), np.float32)
+
+
+def sample_users(histories_uri: str, n: int, seed: int) -> UserChunk:
+    """About ``n`` users spread over every histories file, as raw ids (not model indices)."""
+    parts = io.parquet_parts(histories_uri)
+    per_part = max(1, -(-n // len(parts)))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for part in parts:
+        table = io.read_parquet(part, columns=["user_id", "movie_ids", "ratings"])
+        rows = np.sort(rng.choice(table.num_rows, size=min(per_part, table.num_rows),
+                                  replace=False))
+        sub = table.take(rows)
+        m = sub.column("movie_ids").combine_chunks()
+        r = sub.column("ratings").combine_chunks()
+        off = m.offsets.to_numpy().astype(np.int64)
+        picked.append(UserChunk(sub.column("user_id").to_numpy().astype(np.int64),
+                                off - off[0],
+                                m.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]],
+                                r.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]]))
+    from recsys.model.examples import concat_chunks
+
+    return concat_chunks(picked)
+
+
+def run_index(config: Config, *, run_id: str | None = None,
+              train_run: str | None = None) -> IndexResult:
+    """Build, measure and commit the searchers for the latest (or the named) train run."""
+    root = config.artifact_root
+    cfg = config.index
+    train_dir = artifacts.resolve(root, "train", train_run)
+    train_manifest = artifacts.verify(train_dir)
+    run_id = run_id or artifacts.new_run_id()
+    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    manifest = artifacts.Manifest(STAGE, run_id, config)
+    manifest["inputs"] = {"train_run": train_manifest["run_id"], "train_dir": train_dir,
+                          "model_version": train_manifest["run_id"]}
+    stage = tempfile.mkdtemp(prefix="recsys-index-")
+    try:
+        with manifest.timed("load"):
+            emb, ids = read_movie_embeddings(train_dir)
+            tower = load_user_tower(io.local_copy(train_dir, os.path.join(stage, "train")))
+            preprocess_dir = train_manifest["inputs"]["preprocess_dir"]
+            users = sample_users(io.join(preprocess_dir, "histories"),
+                                 cfg.recall_sample_users, config.train.seed)
+            queries = embed_histories(tower, users.user_ids, users.movies, users.ratings,
+                                      users.offsets)
+        info = {"model_version": train_manifest["run_id"]}
+        with manifest.timed("build_exact"):
+            exact = MovieSearcher.build(emb, ids, kind="exact", num_neighbors=cfg.num_neighbors,
+                                        info=info)
+        settings = scann_settings(len(ids), cfg.num_neighbors, leaves=cfg.leaves,
+                                  leaves_to_search=cfg.leaves_to_search, reorder=cfg.reorder,
+                                  dims_per_block=cfg.dims_per_block,
+                                  anisotropic_threshold=cfg.anisotropic_threshold)
+        with manifest.timed("build_scann"):
+            scann = MovieSearcher.build(emb, ids, kind="scann", num_neighbors=cfg.num_neighbors,
+                                        settings=settings, info=info)
+        with manifest.timed("measure_recall"):
+            k = min(cfg.num_neighbors, len(ids))
+            truth, _ = exact.search(queries, k)
+            found, _ = scann.search(queries, k)
+            recall = recall_at_k(found, truth)
+        manifest["counts"] = {"movies": int(len(ids)), "dim": int(emb.shape[1]),
+                              "recall_sample_users": int(queries.shape[0])}
+        manifest["recall"] = {f"recall@{k}": round(recall, 5), "floor": cfg.recall_floor}
+        manifest["settings"] = settings.to_dict()
+        log.info("index: %d movies, ScaNN recall@%d = %.4f on %d users (floor %.2f)",
+                 len(ids), k, recall, queries.shape[0], cfg.recall_floor)
+        if recall < cfg.recall_floor:
+            raise IndexRecallError(
+                f"ScaNN recall@{k} is {recall:.4f}, below index.recall_floor = "
+                f"{cfg.recall_floor}; not publishing (search more leaves: --set "
+                f"index.leaves_to_search=N, or re-order more: --set index.reorder=N)")
+        with manifest.timed("save"):
+            exact.save(os.path.join(stage, "out", "exact"))
+            scann.save(os.path.join(stage, "out", "scann"))
+            io.copy_from_local(os.path.join(stage, "out"), run_dir)
+        artifacts.commit(root, STAGE, run_dir, manifest, config)
+    except BaseException as exc:
+        artifacts.write_failed(run_dir, manifest, exc)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return IndexResult(run_dir, manifest, recall)

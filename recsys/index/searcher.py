@@ -1,0 +1,160 @@
+"""Nearest-movie searchers over the movie embeddings (DESIGN §4.3), on ScaNN's pybind API.
+
+Two kinds, one interface (:class:`MovieSearcher`):
+
+* ``exact`` — ScaNN brute force in float32: the ground truth, and what scoring falls back
+  to when a search must go deeper than the approximate index is tuned for.
+* ``scann`` — tree partitioning + asymmetric hashing + exact re-ordering of the best
+  candidates, with settings sized to the catalog (:func:`scann_settings`).
+
+A searcher is built on the driver, ``save()``-d to a directory (ScaNN's own
+``serialize()`` plus the movie ids), and ``load()``-ed on each worker. The plain pybind
+API needs no TensorFlow, so Spark Python workers load it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INFO = "searcher.json"
+MOVIE_IDS = "movie_ids.npy"
+
+
+def _scann():
+    try:
+        from scann import scann_ops_pybind
+    except ImportError as exc:  # pragma: no cover - the package pins scann
+        raise ImportError(
+            f"ScaNN is not importable ({exc}); install the pinned set with "
+            "`pip install -e .` (scann==1.4.2 needs tensorflow~=2.20.0)"
+        ) from None
+    return scann_ops_pybind
+
+
+@dataclass(frozen=True)
+class ScannSettings:
+    num_leaves: int
+    leaves_to_search: int
+    training_sample_size: int
+    dims_per_block: int
+    anisotropic_threshold: float
+    reorder: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def scann_settings(n_movies: int, num_neighbors: int, *, leaves: int = 0,
+                   leaves_to_search: int = 0, reorder: int = 0,
+                   dims_per_block: int = 2, anisotropic_threshold: float = 0.2) -> ScannSettings:
+    """Settings sized to the catalog; any value given (> 0) wins over the sizing rule.
+
+    About sqrt(n) leaves of >= 50 movies; a fifth of them searched; re-ordering of 4x the
+    neighbours asked for. Tiny catalogs get a single leaf (a tree would not pay).
+    """
+    if leaves <= 0:
+        leaves = 1 if n_movies < 2_000 else int(round(math.sqrt(n_movies)))
+    leaves = max(1, min(leaves, n_movies // 50 or 1))
+    if leaves_to_search <= 0:
+        leaves_to_search = max(1, int(math.ceil(leaves / 5)))
+    leaves_to_search = min(leaves_to_search, leaves)
+    if reorder <= 0:
+        reorder = 4 * num_neighbors
+    return ScannSettings(leaves, leaves_to_search, min(n_movies, 100_000), dims_per_block,
+                         anisotropic_threshold, max(reorder, num_neighbors))
+
+
+class MovieSearcher:
+    """Top-k movies by dot product for batches of user embeddings."""
+
+    def __init__(self, searcher: Any, movie_ids: np.ndarray, info: dict[str, Any]) -> None:
+        self._searcher = searcher
+        self.movie_ids = np.asarray(movie_ids, np.int64)
+        self.info = info
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    @property
+    def size(self) -> int:
+        return int(self.movie_ids.size)
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, movie_ids: np.ndarray, *, kind: str,
+              num_neighbors: int = 100, settings: ScannSettings | None = None,
+              info: dict[str, Any] | None = None) -> "MovieSearcher":
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(movie_ids):
+            raise ValueError(
+                f"embeddings {emb.shape} do not match {len(movie_ids)} movie ids")
+        if not np.all(np.isfinite(emb)):
+            raise ValueError("movie embeddings contain NaN or infinite values")
+        k = min(num_neighbors, emb.shape[0])
+        builder = _scann().builder(emb, k, "dot_product")
+        record = {"kind": kind, "num_neighbors": k, "movies": int(emb.shape[0]),
+                  "dim": int(emb.shape[1]), **(info or {})}
+        if kind == "exact":
+            searcher = builder.score_brute_force().build()
+        elif kind == "scann":
+            s = settings or scann_settings(emb.shape[0], k)
+            b = builder
+            if s.num_leaves > 1:
+                b = b.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
+                           training_sample_size=s.training_sample_size)
+            searcher = b.score_ah(s.dims_per_block,
+                                  anisotropic_quantization_threshold=s.anisotropic_threshold
+                                  ).reorder(s.reorder).build()
+            record["settings"] = s.to_dict()
+        else:
+            raise ValueError(f"searcher kind must be 'exact' or 'scann', got {kind!r}")
+        return cls(searcher, np.asarray(movie_ids), record)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(movie ids [B, k], scores [B, k]) best first; k is capped at the catalog size."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.info["dim"]:
+            raise ValueError(
+                f"queries of shape {q.shape} do not match the index dimension {self.info['dim']}")
+        k = min(k, self.size)
+        if q.shape[0] == 0:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        pre = None
+        if self.kind == "scann":
+            pre = max(k, self.info["settings"]["reorder"])
+        idx, scores = self._searcher.search_batched(q, final_num_neighbors=k,
+                                                    pre_reorder_num_neighbors=pre)
+        idx = np.asarray(idx, np.int64)
+        return self.movie_ids[idx], np.asarray(scores, np.float32)
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self._searcher.serialize(directory, relative_path=True)
+        np.save(os.path.join(directory, MOVIE_IDS), self.movie_ids)
+        with open(os.path.join(directory, INFO), "w", encoding="utf-8") as fh:
+            json.dump(self.info, fh, indent=2)
+            fh.write("\n")
+
+    @classmethod
+    def load(cls, directory: str) -> "MovieSearcher":
+        info_path = os.path.join(directory, INFO)
+        if not os.path.isfile(info_path):
+            raise FileNotFoundError(f"no {INFO} in {directory}: not a saved movie searcher")
+        with open(info_path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        searcher = _scann().load_searcher(directory)
+        return cls(searcher, np.load(os.path.join(directory, MOVIE_IDS)), info)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of the exact top-k found by the approximate top-k (ids [B, k])."""
+    if exact.size == 0:
+        return float("nan")
+    hits = [np.intersect1d(a, e).size / e.size for a, e in zip(approx, exact)]
+    return float(np.mean(hits))

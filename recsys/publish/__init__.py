@@ -1,0 +1,1 @@
+"""Publishing: run-date partitions staged and swapped in atomically, registered as tables."""

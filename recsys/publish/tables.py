@@ -1,0 +1,75 @@
+"""Publish a night's output as one ``run_date=YYYY-MM-DD`` partition of a Parquet table.
+
+Readers must never see a half-written night (DESIGN §4.5):
+
+1. Spark writes the night into ``<table>/_staging/run_date=<date>-<run_id>/`` (names
+   starting with ``_`` are invisible to Spark, Hive, DuckDB and pyarrow partition
+   discovery), then ``_manifest.json`` (hidden from readers, like ``_SUCCESS``) goes next to Spark's ``_SUCCESS``.
+2. The staged directory is renamed to ``<table>/run_date=<date>`` — one directory rename.
+   A previous version of the same night is first renamed away into ``_replaced/`` and
+   deleted after the swap, so a re-run replaces that night and nothing else.
+3. The table is (created if needed and) refreshed in the Spark SQL catalog.
+
+A run killed before step 2 leaves only a ``_staging`` directory that no reader sees; the
+next run of that night removes it. Every published partition holds ``_SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from recsys import io
+
+log = logging.getLogger(__name__)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def partition_uri(table_uri: str, run_date: str) -> str:
+    return io.join(table_uri, f"run_date={run_date}")
+
+
+def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run_date: str,
+                      run_id: str, manifest: dict[str, Any], files: int | None = None) -> str:
+    """Write ``df`` as the ``run_date`` partition of the table at ``table_uri``, atomically."""
+    if not _DATE.match(run_date):
+        raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
+    staging = io.join(table_uri, "_staging", f"run_date={run_date}-{run_id}")
+    final = partition_uri(table_uri, run_date)
+    for stale in io.list_dir(io.join(table_uri, "_staging")):
+        if stale.startswith(f"run_date={run_date}-"):
+            io.delete(io.join(table_uri, "_staging", stale))
+    out = df.coalesce(files) if files else df
+    out.write.mode("overwrite").parquet(staging)
+    io.write_text(io.join(staging, "_manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    replaced = None
+    if io.exists(final):
+        replaced = io.join(table_uri, "_replaced", f"run_date={run_date}-{run_id}")
+        io.makedirs(io.join(table_uri, "_replaced"))
+        io.move(final, replaced)
+    io.move(staging, final)
+    if replaced is not None:
+        io.delete(replaced)
+    log.info("published %s", final)
+    return final
+
+
+def register_table(spark: SparkSession, *, database: str, name: str, table_uri: str) -> str:
+    """Create (once) a Parquet table over ``table_uri`` and refresh what the catalog knows."""
+    for part in (database, name):
+        if not _NAME.match(part):
+            raise ValueError(f"invalid table or database name {part!r}")
+    full = f"{database}.{name}"
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    location = table_uri.replace("'", "\\'")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING parquet LOCATION '{location}'")
+    if spark.catalog.getTable(full).tableType != "TEMPORARY":
+        # the metastore tracks a partitioned table's partitions: add tonight's
+        spark.sql(f"ALTER TABLE {full} RECOVER PARTITIONS")
+    spark.sql(f"REFRESH TABLE {full}")
+    return full

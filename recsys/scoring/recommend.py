@@ -1,0 +1,130 @@
+"""Top-N for a batch of users, on one worker: embed, search, drop what they rated.
+
+Pure numpy around the user tower and the searchers, so it is tested without Spark and
+runs unchanged inside the pandas UDF (:mod:`recsys.scoring.score`).
+
+Depth: a user who rated ``s`` movies needs ``N + s`` neighbours for ``N`` to survive the
+removal of rated movies. Users are grouped by that depth rounded up to a power of two;
+depths up to ``max_scann_depth`` go to ScaNN, deeper ones (users with thousands of
+ratings) to the exact searcher, as does any user for whom ScaNN returned too few
+unseen movies. Every user gets exactly ``N`` movies while the catalog has ``N`` unrated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys import io
+from recsys.index.searcher import MovieSearcher
+from recsys.model.export import MODEL_INFO, SAVED_MODEL, UserTower, load_user_tower
+
+
+def _embed(tower: UserTower, user_ids: np.ndarray, offsets: np.ndarray, movie_ids: np.ndarray,
+           ratings: np.ndarray) -> np.ndarray:
+    from recsys.index.build import embed_histories
+
+    return embed_histories(tower, user_ids, movie_ids, ratings, offsets)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    embeddings: np.ndarray  # float32 [B, D]
+    movie_ids: np.ndarray  # int64 [B, N], best first
+    scores: np.ndarray  # float32 [B, N]
+
+
+def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.ndarray,
+              seen_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First ``n`` candidates per row that the row's user has not rated.
+
+    Returns (ids [B, n], scores [B, n], complete [B]); ``complete`` is False where fewer
+    than ``n`` unrated candidates were found (those rows need a deeper search).
+    """
+    rows, depth = cand_ids.shape
+    owner = np.repeat(np.arange(rows, dtype=np.int64), np.diff(seen_offsets))
+    seen_keys = owner << 32 | seen_ids.astype(np.int64)
+    cand_keys = np.arange(rows, dtype=np.int64)[:, None] << 32 | cand_ids.astype(np.int64)
+    bad = np.isin(cand_keys, seen_keys) | ~np.isfinite(cand_scores)
+    order = np.argsort(bad, axis=1, kind="stable")[:, :n]
+    ids = np.take_along_axis(cand_ids, order, axis=1)
+    scores = np.take_along_axis(cand_scores, order, axis=1)
+    complete = ~np.take_along_axis(bad, order, axis=1).any(axis=1) if depth >= n else \
+        np.zeros(rows, bool)
+    return ids, scores, complete
+
+
+def _rows_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[rows]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    shift = offsets[rows] - new_offsets[:-1]
+    idx = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
+    return new_offsets, values[idx]
+
+
+def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
+              user_ids: np.ndarray, offsets: np.ndarray, movie_ids: np.ndarray,
+              ratings: np.ndarray, n: int, max_scann_depth: int = 1024) -> Recommendations:
+    """Top-``n`` unrated movies for users whose raw histories are CSR (``offsets``)."""
+    users = user_ids.size
+    emb = _embed(tower, user_ids, offsets, movie_ids, ratings)
+    catalog = exact.size
+    n = min(n, catalog)
+    out_ids = np.zeros((users, n), np.int64)
+    out_scores = np.zeros((users, n), np.float32)
+    need = np.minimum(catalog, n + np.diff(offsets))
+    bucket = np.minimum(catalog, 2 ** np.ceil(np.log2(np.maximum(need, 2))).astype(np.int64))
+    todo = np.ones(users, bool)
+    for searcher in (scann, exact):
+        for depth in np.unique(bucket[todo]):
+            rows = np.flatnonzero(todo & (bucket == depth))
+            if searcher is scann and depth > max_scann_depth:
+                continue
+            ids, scores = searcher.search(emb[rows], int(depth))
+            s_off, s_ids = _rows_csr(offsets, movie_ids, rows)
+            top, top_scores, complete = drop_seen(ids, scores, s_off, s_ids, n)
+            done = rows[complete]
+            out_ids[done], out_scores[done] = top[complete], top_scores[complete]
+            todo[done] = False
+    if todo.any():  # only when the catalog has fewer than n movies a user has not rated
+        rows = np.flatnonzero(todo)
+        ids, scores = exact.search(emb[rows], catalog)
+        s_off, s_ids = _rows_csr(offsets, movie_ids, rows)
+        top, top_scores, _ = drop_seen(ids, scores, s_off, s_ids, n)
+        out_ids[rows], out_scores[rows] = top, top_scores
+    return Recommendations(emb, out_ids, out_scores)
+
+
+# ---------------------------------------------------------------------------- worker cache
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str], tuple[UserTower, MovieSearcher, MovieSearcher]] = {}
+
+
+def load_scoring_artifacts(train_dir: str, index_dir: str
+                           ) -> tuple[UserTower, MovieSearcher, MovieSearcher]:
+    """The user tower and both searchers, loaded once per Python process.
+
+    Read from the artifact URIs (copied to a local temporary directory when remote), so
+    executors never depend on the driver's local disk.
+    """
+    key = (train_dir, index_dir)
+    with _LOCK:
+        if key not in _LOADED:
+            tmp = tempfile.mkdtemp(prefix="recsys-score-")
+            model_dir = os.path.join(tmp, "model")
+            if io.is_local(train_dir):
+                model_dir = io.local_path(train_dir)
+            else:
+                io.local_copy(io.join(train_dir, SAVED_MODEL), model_dir)
+                io.local_copy(io.join(train_dir, MODEL_INFO), model_dir)
+            tower = load_user_tower(model_dir)
+            scann = MovieSearcher.load(io.local_copy(io.join(index_dir, "scann"), tmp))
+            exact = MovieSearcher.load(io.local_copy(io.join(index_dir, "exact"), tmp))
+            _LOADED[key] = (tower, scann, exact)
+        return _LOADED[key]

@@ -1,0 +1,132 @@
+"""score_all_users end to end on ml-latest-small: real spark-submit, real ScaNN, real
+Parquet, a real (embedded Derby) Hive metastore."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import artifacts, io
+from tests.conftest import REPO
+
+SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
+RUN_DATE = "2026-11-23"
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+                TF_USE_LEGACY_KERAS="1")
+
+
+def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE
+          ) -> subprocess.CompletedProcess:
+    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "2g",
+           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
+           str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
+           "--run-date", run_date, "--set", f"spark.metastore_dir={meta}", *extra]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900,
+                          cwd=meta)
+
+
+@pytest.fixture(scope="module")
+def scored(small_trained, tmp_path_factory):
+    root = os.path.dirname(os.path.dirname(io.local_path(small_trained.run_dir)))
+    built = subprocess.run([sys.executable, str(REPO / "jobs/build_index.py"),
+                            "--artifact-root", root], env=env(), capture_output=True,
+                           text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "ScaNN recall@100" in built.stdout
+    meta = str(tmp_path_factory.mktemp("meta"))
+    first = score(root, meta)
+    assert first.returncode == 0, first.stderr[-4000:]
+    return root, meta, first
+
+
+def histories(root: str) -> dict[int, set[int]]:
+    run = artifacts.resolve(root, "preprocess")
+    t = pq.read_table(io.local_path(io.join(run, "histories")), columns=["user_id", "movie_ids"])
+    return {u: set(m) for u, m in zip(t.column("user_id").to_pylist(),
+                                      t.column("movie_ids").to_pylist())}
+
+
+def test_every_user_gets_exactly_n_unrated_movies_in_rank_order(scored):
+    root, _, first = scored
+    assert "610 users x top 100" in first.stdout
+    part = Path(root) / "tables" / "movielens_recommendations" / f"run_date={RUN_DATE}"
+    assert (part / "_SUCCESS").is_file() and (part / "_manifest.json").is_file()
+    table = pq.read_table(part)
+    assert str(table.schema.field("recommendations").type) == \
+        "list<element: struct<movie_id: int32, score: float> not null>"
+    assert table.schema.field("user_id").type == "int32"
+    rated = histories(root)
+    rows = table.to_pylist()
+    assert len(rows) == 610 and {r["user_id"] for r in rows} == set(rated)
+    model_version = json.loads((part / "_manifest.json").read_text())["model_version"]
+    for r in rows:
+        ids = [x["movie_id"] for x in r["recommendations"]]
+        scores = np.array([x["score"] for x in r["recommendations"]])
+        assert len(ids) == 100 and len(set(ids)) == 100
+        assert not set(ids) & rated[r["user_id"]]
+        assert np.all(np.diff(scores) <= 1e-6)
+        assert r["model_version"] == model_version
+    heavy = max(rated, key=lambda u: len(rated[u]))
+    assert len(rated[heavy]) > 2000  # user 414 rated 2,698 movies and still gets 100
+
+
+def test_side_tables_and_the_catalog(scored):
+    root, meta, _ = scored
+    tables = Path(root) / "tables"
+    emb = pq.read_table(tables / "movielens_user_embeddings" / f"run_date={RUN_DATE}")
+    assert emb.num_rows == 610 and {len(e) for e in emb.column("embedding").to_pylist()} == {64}
+    sim = pq.read_table(tables / "movielens_similar_movies" / f"run_date={RUN_DATE}").to_pylist()
+    assert len(sim) == 9_742
+    assert all(len(s["similar"]) == 20 and s["movie_id"] not in
+               {x["movie_id"] for x in s["similar"]} for s in sim)
+    # a separate process finds the tables in the persistent (Derby) metastore
+    query = (
+        "import recsys; from recsys.spark import build_session; from recsys.config import "
+        f"SparkConfig; s = build_session('q', SparkConfig(metastore_dir={meta!r})); "
+        "print('ROWS', s.sql(\"SELECT count(*) FROM default.movielens_recommendations "
+        f"WHERE run_date = '{RUN_DATE}'\").first()[0]); s.stop()")
+    out = subprocess.run([sys.executable, "-c", query], env=env(), capture_output=True,
+                         text=True, timeout=300, cwd=meta)
+    assert "ROWS 610" in out.stdout, out.stderr[-3000:]
+
+
+def test_rerunning_a_night_replaces_only_that_night(scored):
+    root, meta, _ = scored
+    other = score(root, meta, run_date="2026-11-22")
+    assert other.returncode == 0, other.stderr[-3000:]
+    again = score(root, meta)
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = Path(root) / "tables" / "movielens_recommendations"
+    parts = sorted(p.name for p in table.iterdir() if not p.name.startswith("_"))
+    assert parts == ["run_date=2026-11-22", f"run_date={RUN_DATE}"]
+    ds = pads.dataset(table, format="parquet", partitioning="hive")
+    assert ds.count_rows() == 2 * 610
+    run_ids = set(pq.read_table(table / f"run_date={RUN_DATE}").column("run_id").to_pylist())
+    latest = artifacts.read_manifest(artifacts.resolve(root, "score"))["run_id"]
+    assert run_ids == {latest}
+
+
+def test_corrupt_or_mismatched_artifacts_are_refused_before_scoring(scored, tmp_path):
+    root, meta, _ = scored
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("tables"))
+    index = Path(artifacts.resolve(str(copy), "index").replace("file://", ""))
+    victim = next(p for p in sorted((index / "scann").iterdir()) if p.suffix == ".npy")
+    victim.write_bytes(victim.read_bytes()[:-16])
+    bad = score(str(copy), meta)
+    assert bad.returncode == 4
+    said = bad.stdout + bad.stderr  # spark-submit passes the driver's stderr to stdout
+    assert "score_all_users: artifact error" in said and "truncated" in said
+    assert not (copy / "tables").exists()
