@@ -65,7 +65,8 @@ def register_table(spark: SparkSession, *, database: str, name: str, table_uri: 
         if not _NAME.match(part):
             raise ValueError(f"invalid table or database name {part!r}")
     full = f"{database}.{name}"
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    if not spark.catalog.databaseExists(database):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     location = table_uri.replace("'", "\\'")
     spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING parquet LOCATION '{location}'")
     if spark.catalog.getTable(full).tableType != "TEMPORARY":

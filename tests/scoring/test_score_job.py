@@ -27,12 +27,16 @@ def env() -> dict[str, str]:
                 TF_USE_LEGACY_KERAS="1")
 
 
+TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name ours
+
+
 def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE
           ) -> subprocess.CompletedProcess:
     cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "2g",
            "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
            str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
-           "--run-date", run_date, "--set", f"spark.metastore_dir={meta}", *extra]
+           "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
+           "--train-run", *TRAIN_RUN, *extra]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900,
                           cwd=meta)
 
@@ -40,8 +44,10 @@ def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE
 @pytest.fixture(scope="module")
 def scored(small_trained, tmp_path_factory):
     root = os.path.dirname(os.path.dirname(io.local_path(small_trained.run_dir)))
+    TRAIN_RUN[:] = [small_trained.manifest["run_id"]]
     built = subprocess.run([sys.executable, str(REPO / "jobs/build_index.py"),
-                            "--artifact-root", root], env=env(), capture_output=True,
+                            "--artifact-root", root, "--train-run", TRAIN_RUN[0]],
+                           env=env(), capture_output=True,
                            text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     assert "ScaNN recall@100" in built.stdout
@@ -130,3 +136,17 @@ def test_corrupt_or_mismatched_artifacts_are_refused_before_scoring(scored, tmp_
     said = bad.stdout + bad.stderr  # spark-submit passes the driver's stderr to stdout
     assert "score_all_users: artifact error" in said and "truncated" in said
     assert not (copy / "tables").exists()
+
+
+def test_an_index_built_for_another_model_is_refused(scored, tmp_path):
+    from recsys.scoring.score import check_artifacts
+
+    root, _, _ = scored
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("tables"))
+    index = Path(io.local_path(artifacts.resolve(str(copy), "index")))
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["inputs"]["model_version"] = "20200101T000000Z-other"
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(artifacts.ArtifactError, match="built for model 20200101T000000Z-other"):
+        check_artifacts(str(copy), train_run=TRAIN_RUN[0], index_run=None)
