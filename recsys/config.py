@@ -131,7 +131,7 @@ class IndexConfig:
     #: Neighbours the index is built and its recall measured for (= scoring's top N).
     num_neighbors: int = 100
     #: ScaNN tree leaves, leaves searched, candidates re-ordered exactly; 0 = sized to the
-    #: catalog (about sqrt(movies) leaves, a fifth searched, 4 x num_neighbors re-ordered).
+    #: catalog (about sqrt(movies) leaves, half searched, 10 x num_neighbors re-ordered).
     leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 0
