@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,37 @@ def test_an_index_built_for_another_model_is_refused(scored, tmp_path):
     (index / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(artifacts.ArtifactError, match="built for model 20200101T000000Z-other"):
         check_artifacts(str(copy), train_run=TRAIN_RUN[0], index_run=None)
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): io.md5(str(p)) for p in sorted(directory.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_run_killed_while_writing_leaves_the_published_night_intact(scored):
+    root, meta, _ = scored
+    table = Path(root) / "tables" / "movielens_recommendations"
+    night = table / f"run_date={RUN_DATE}"
+    before = _snapshot(night)
+    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "2g",
+           str(REPO / "jobs/score_all_users.py"), "--artifact-root", root, "--run-date", RUN_DATE,
+           "--set", f"spark.metastore_dir={meta}", "--train-run", *TRAIN_RUN]
+    proc = subprocess.Popen(cmd, env=env(), cwd=meta, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    staging = table / "_staging"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if staging.is_dir() and any(staging.iterdir()):  # Spark is writing tonight's files
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    # readers still see the previous version of the night, byte for byte
+    assert _snapshot(night) == before
+    assert pq.read_table(night).num_rows == 610
+    again = score(root, meta)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert pq.read_table(night).num_rows == 610
+    leftovers = [p.name for p in staging.iterdir()] if staging.is_dir() else []
+    assert not [n for n in leftovers if n.startswith(f"run_date={RUN_DATE}-")]
