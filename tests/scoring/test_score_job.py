@@ -19,6 +19,7 @@ import pytest
 
 from recsys import artifacts, io
 from tests.conftest import REPO
+from tests.standalone import standalone_cluster
 
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
 RUN_DATE = "2026-11-23"
@@ -32,9 +33,9 @@ def env() -> dict[str, str]:
 TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name ours
 
 
-def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE
-          ) -> subprocess.CompletedProcess:
-    cmd = [SPARK_SUBMIT, "--master", "local[2]", "--driver-memory", "2g",
+def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
+          submit: tuple[str, ...] = ("--master", "local[2]")) -> subprocess.CompletedProcess:
+    cmd = [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
            "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
            str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
            "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
@@ -186,3 +187,32 @@ def test_a_run_killed_while_writing_leaves_the_published_night_intact(scored):
     assert pq.read_table(night).num_rows == 610
     leftovers = [p.name for p in staging.iterdir()] if staging.is_dir() else []
     assert not [n for n in leftovers if n.startswith(f"run_date={RUN_DATE}-")]
+
+
+def test_a_standalone_cluster_publishes_the_same_recommendations(scored, tmp_path):
+    """The same job on a real standalone cluster (a master and two worker JVMs started
+    here), reading artifacts from the shared URI: the same table as local mode."""
+    root, _, _ = scored
+    tables = tmp_path / "tables"
+    with standalone_cluster(tmp_path / "cluster", workers=2, cores=1) as master:
+        run = score(root, str(tmp_path), "--set", f"score.table_root={tables}",
+                    submit=("--master", master, "--executor-memory", "1g",
+                            "--total-executor-cores", "2"))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "610 users x top 100" in run.stdout
+    # both workers ran tasks: each executor has its own directory under its worker
+    executors = [d for w in ("worker0", "worker1")
+                 for d in (tmp_path / "cluster" / w).glob("app-*/*") if d.is_dir()]
+    assert {d.parent.parent.name for d in executors} == {"worker0", "worker1"}
+
+    def rows(base: Path) -> dict[int, list[tuple[int, float]]]:
+        t = pq.read_table(base / "movielens_recommendations" / f"run_date={RUN_DATE}")
+        return {r["user_id"]: [(x["movie_id"], x["score"]) for x in r["recommendations"]]
+                for r in t.to_pylist()}
+
+    local, cluster = rows(Path(root) / "tables"), rows(tables)
+    assert cluster.keys() == local.keys() and len(cluster) == 610
+    for user, recs in local.items():
+        assert [m for m, _ in cluster[user]] == [m for m, _ in recs], user
+        np.testing.assert_allclose([s for _, s in cluster[user]], [s for _, s in recs],
+                                   rtol=0, atol=1e-5)
