@@ -18,7 +18,7 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 RELEASE ?= ml-25m
 
 .PHONY: help check-java venv test run preprocess train index score corpus download bench-preprocess \
-        bench-train bench-train-quality clean
+        bench-train bench-train-quality bench-score clean
 
 help:
 	@echo "make run               set up, then run the pipeline on data/ml-latest-small"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-preprocess  time preprocessing of the full-scale corpus"
 	@echo "make bench-train       time training on the full-scale corpus"
 	@echo "make bench-train-quality  two-tower vs MF vs most-popular on ml-latest-small"
+	@echo "make bench-score       time score_all_users on the full-scale corpus, next to ALS"
 	@echo "make clean             remove artifacts and the virtual environment"
 
 check-java:
@@ -82,6 +83,10 @@ bench-train: check-java venv corpus
 
 bench-train-quality: check-java venv
 	$(PY) benchmarks/bench_train.py --quality-small
+
+bench-score: check-java venv corpus
+	$(PY) benchmarks/bench_score.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY) \
+	  $(if $(BENCH_ROOT),--artifact-root $(BENCH_ROOT))
 
 clean:
 	rm -rf $(ARTIFACTS) $(VENV) metastore spark-warehouse metastore_db derby.log

@@ -131,7 +131,8 @@ class IndexConfig:
     #: Neighbours the index is built and its recall measured for (= scoring's top N).
     num_neighbors: int = 100
     #: ScaNN tree leaves, leaves searched, candidates re-ordered exactly; 0 = sized to the
-    #: catalog (about sqrt(movies) leaves, half searched, 10 x num_neighbors re-ordered).
+    #: catalog (no tree up to 250,000 movies, else about sqrt(movies) leaves, half
+    #: searched; 10 x num_neighbors re-ordered).
     leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 0
@@ -141,6 +142,8 @@ class IndexConfig:
     #: search on sampled real user embeddings is below this.
     recall_floor: float = 0.99
     recall_sample_users: int = 2000
+    #: Neighbours per movie in the similar-movies table (built here, published by score).
+    similar_movies: int = 20
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,6 @@ class ScoreConfig:
     batch_size: int = 4096
     #: Deeper searches (users who rated many movies) use the exact searcher.
     max_scann_depth: int = 1024
-    #: Neighbours per movie in the similar-movies table.
-    similar_movies: int = 20
     #: Root of the published tables; "" = <artifact_root>/tables.
     table_root: str = ""
     #: Spark SQL database the tables are registered in.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -57,6 +58,22 @@ def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run
         io.delete(replaced)
     log.info("published %s", final)
     return final
+
+
+def warm_catalog(spark: SparkSession, database: str) -> threading.Thread:
+    """Connect the session's catalog (a Hive metastore client takes about 2 s to start) in
+    a background thread, so that it overlaps long work such as scoring. Errors are left
+    for :func:`register_table` to raise with its own context."""
+
+    def connect() -> None:
+        try:
+            spark.catalog.databaseExists(database)
+        except Exception:  # noqa: BLE001 - register_table reports it
+            log.debug("catalog warm-up failed", exc_info=True)
+
+    thread = threading.Thread(target=connect, name="warm-catalog", daemon=True)
+    thread.start()
+    return thread
 
 
 def register_table(spark: SparkSession, *, database: str, name: str, table_uri: str) -> str:

@@ -5,10 +5,12 @@ run with the index built from it. Both are verified against their manifests (siz
 MD5s) and the index must name the train run as its model version; anything else is
 refused before a single user is scored.
 
-The distributed step is ``mapInPandas`` over the histories: each Python worker loads the
+The distributed step is ``mapInArrow`` over the histories (Arrow batches straight into
+numpy and back, the nested result built on the worker): each Python worker loads the
 user tower and both searchers once (:func:`recsys.scoring.recommend.load_scoring_artifacts`,
 from the artifact URIs), then scores batches of ``score.batch_size`` users. Nothing but
-the movie side (similar movies, a few MB) is computed on the driver.
+the movie side is ever on the driver, and similar movies come ready-made from the index
+run (:mod:`recsys.index.similar`).
 
 Published (each a ``run_date`` partition, see :mod:`recsys.publish.tables`):
 
@@ -23,23 +25,34 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys import artifacts, io
 from recsys.config import Config
-from recsys.publish.tables import publish_partition, register_table
+from recsys.index.similar import SIMILAR
+from recsys.publish.tables import publish_partition, register_table, warm_catalog
 
 log = logging.getLogger(__name__)
 STAGE = "score"
-UDF_SCHEMA = ("user_id int, movie_ids array<int>, scores array<float>, "
-              "embedding array<float>")
+_PAIR = T.StructType([T.StructField("movie_id", T.IntegerType()),
+                      T.StructField("score", T.FloatType())])
+#: What the UDF returns; recommendations and embeddings never hold null elements.
+UDF_SCHEMA = T.StructType([
+    T.StructField("user_id", T.IntegerType()),
+    T.StructField("recommendations", T.ArrayType(_PAIR, containsNull=False)),
+    T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
+])
+RECOMMENDATION = pa.list_(pa.field("element", pa.struct([("movie_id", pa.int32()),
+                                                         ("score", pa.float32())]),
+                                   nullable=False))
+EMBEDDING = pa.list_(pa.field("element", pa.float32(), nullable=False))
 RECOMMENDATIONS_SCHEMA = ("user_id INT, recommendations ARRAY<STRUCT<movie_id: INT, "
                           "score: FLOAT>>, model_version STRING, run_id STRING")
 
@@ -67,57 +80,51 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
     return train_dir, index_dir, model_version
 
 
-def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: int):
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import recsys  # noqa: F401  (TensorFlow environment on the worker)
-        from recsys.scoring.recommend import load_scoring_artifacts, recommend
+def _flat(batch: pa.RecordBatch, name: str, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat values) of a list column, without copying into Python."""
+    col = batch.column(name)
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    return offsets - offsets[0], values.astype(dtype, copy=False)
 
+
+def _list(values: np.ndarray, type_: pa.DataType) -> pa.ListArray:
+    """A list column with ``values.shape[1]`` items per row from a 2-D array."""
+    rows, width = values.shape
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), type=type_)
+
+
+def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: int):
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import recsys  # noqa: F401  (TensorFlow environment on the worker)
+        from recsys.scoring.recommend import load_scoring_artifacts, recommend, use_task_cores
+
+        use_task_cores()
         tower, scann, exact = load_scoring_artifacts(train_dir, index_dir)
         for batch in batches:
-            if batch.empty:
+            if batch.num_rows == 0:
                 continue
-            movies = [np.asarray(m, np.int64) for m in batch["movie_ids"]]
-            lengths = np.fromiter((m.size for m in movies), np.int64, len(movies))
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            offsets, movie_ids = _flat(batch, "movie_ids", np.int64)
+            _, ratings = _flat(batch, "ratings", np.float32)
             recs = recommend(
                 tower, scann, exact,
-                user_ids=batch["user_id"].to_numpy(np.int64), offsets=offsets,
-                movie_ids=np.concatenate(movies),
-                ratings=np.concatenate([np.asarray(r, np.float32) for r in batch["ratings"]]),
-                n=top_n, max_scann_depth=max_scann_depth)
-            yield pd.DataFrame({
-                "user_id": batch["user_id"].to_numpy(np.int32),
-                "movie_ids": list(recs.movie_ids.astype(np.int32)),
-                "scores": list(recs.scores),
-                "embedding": list(recs.embeddings.astype(np.float32)),
-            })
+                user_ids=batch.column("user_id").to_numpy().astype(np.int64), offsets=offsets,
+                movie_ids=movie_ids, ratings=ratings, n=top_n, max_scann_depth=max_scann_depth)
+            pairs = pa.StructArray.from_arrays(
+                [pa.array(recs.movie_ids.reshape(-1).astype(np.int32)),
+                 pa.array(recs.scores.reshape(-1).astype(np.float32))],
+                fields=list(RECOMMENDATION.value_type))
+            rows = recs.movie_ids.shape[0]
+            yield pa.RecordBatch.from_arrays([
+                batch.column("user_id").cast(pa.int32()),
+                pa.ListArray.from_arrays(
+                    pa.array(np.arange(rows + 1, dtype=np.int32) * recs.movie_ids.shape[1]),
+                    pairs, type=RECOMMENDATION),
+                _list(recs.embeddings.astype(np.float32), EMBEDDING),
+            ], names=["user_id", "recommendations", "embedding"])
 
     return score
-
-
-def _pairs(ids: str, scores: str) -> Any:
-    return F.transform(F.arrays_zip(F.col(ids).alias("i"), F.col(scores).alias("s")),
-                       lambda x: F.struct(x["i"].alias("movie_id"), x["s"].alias("score")))
-
-
-def similar_movies(spark: SparkSession, index_dir: str, train_dir: str, k: int) -> DataFrame:
-    """Top-``k`` neighbours of every movie (itself excluded), computed on the driver."""
-    from recsys.index.build import read_movie_embeddings
-    from recsys.index.searcher import MovieSearcher
-
-    emb, ids = read_movie_embeddings(train_dir)
-    exact = MovieSearcher.load(io.local_copy(io.join(index_dir, "exact"),
-                                             tempfile.mkdtemp(prefix="recsys-similar-")))
-    k = min(k, max(ids.size - 1, 0))
-    found, scores = exact.search(emb, k + 1)
-    keep = found != ids[:, None]
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-    found = np.take_along_axis(found, order, axis=1).astype(np.int32)
-    scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
-    pdf = pd.DataFrame({"movie_id": ids.astype(np.int32), "movie_ids": list(found),
-                        "scores": list(scores)})
-    df = spark.createDataFrame(pdf, "movie_id int, movie_ids array<int>, scores array<float>")
-    return df.select("movie_id", _pairs("movie_ids", "scores").alias("similar"))
 
 
 def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
@@ -141,20 +148,21 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
         histories = spark.read.parquet(io.join(preprocess_dir, "histories")).select(
             "user_id", "movie_ids", "ratings")
-        scored = histories.mapInPandas(
+        scored = histories.mapInArrow(
             _score_batches(train_dir, index_dir, cfg.top_n, cfg.max_scann_depth), UDF_SCHEMA)
         scored = scored.persist()
         stamp = [F.lit(model_version).alias("model_version"), F.lit(run_id).alias("run_id")]
-        recommendations = scored.select(
-            "user_id", _pairs("movie_ids", "scores").alias("recommendations"), *stamp)
+        recommendations = scored.select("user_id", "recommendations", *stamp)
         embeddings = scored.select("user_id", "embedding", *stamp)
         table_root = cfg.table_root or io.join(root, "tables")
         tables: dict[str, str] = {}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
         with manifest.timed("score_and_publish_recommendations"):
             uri = io.join(table_root, cfg.recommendations_table)
+            catalog = warm_catalog(spark, cfg.database)  # while the workers score
             publish_partition(spark, recommendations, table_uri=uri, run_date=run_date,
                               run_id=run_id, manifest=published)
+            catalog.join()
             tables["recommendations"] = register_table(
                 spark, database=cfg.database, name=cfg.recommendations_table, table_uri=uri)
         with manifest.timed("publish_user_embeddings"):
@@ -165,7 +173,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                 spark, database=cfg.database, name=cfg.user_embeddings_table, table_uri=uri)
         with manifest.timed("publish_similar_movies"):
             uri = io.join(table_root, cfg.similar_movies_table)
-            similar = similar_movies(spark, index_dir, train_dir, cfg.similar_movies)
+            similar = spark.read.parquet(io.join(index_dir, SIMILAR))
             publish_partition(spark, similar.select("*", *stamp), table_uri=uri,
                               run_date=run_date, run_id=run_id, manifest=published, files=1)
             tables["similar_movies"] = register_table(

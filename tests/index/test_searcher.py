@@ -32,11 +32,21 @@ def test_exact_searcher_is_the_numpy_ground_truth():
     assert np.all(np.diff(got_scores, axis=1) <= 1e-6)
 
 
-def test_scann_recall_is_measured_and_survives_serialization(tmp_path):
+def test_sizing_rule():
+    small = scann_settings(62_423, 100)  # the ml-25m catalog: hashing over every movie
+    assert (small.num_leaves, small.leaves_to_search, small.reorder) == (1, 1, 1000)
+    big = scann_settings(1_000_000, 100)
+    assert (big.num_leaves, big.leaves_to_search, big.reorder) == (1000, 500, 1000)
+    given = scann_settings(62_423, 100, leaves=300, leaves_to_search=900, reorder=50)
+    assert (given.num_leaves, given.leaves_to_search, given.reorder) == (300, 300, 100)
+
+
+@pytest.mark.parametrize("leaves", [0, 60], ids=["sized", "tree"])
+def test_scann_recall_is_measured_and_survives_serialization(tmp_path, leaves):
     db, q = clustered(6000, 16, 2), clustered(300, 16, 3)
     ids = np.arange(6000) + 1
-    settings = scann_settings(6000, 50)
-    assert settings.num_leaves > 1 and settings.leaves_to_search <= settings.num_leaves
+    settings = scann_settings(6000, 50, leaves=leaves)
+    assert settings.num_leaves == (leaves or 1)
     searcher = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50, settings=settings)
     approx, _ = searcher.search(q, 50)
     exact, _ = numpy_top_k(q, db, ids, 50)

@@ -84,3 +84,19 @@ def test_n_larger_than_the_unrated_catalog_is_capped_at_the_catalog(parts):
                      n=N_MOVIES + 5)
     assert recs.movie_ids.shape == (1, N_MOVIES)
     assert sorted(recs.movie_ids[0].tolist()) == sorted(ids.tolist())
+
+
+def test_length_sorted_narrow_batches_embed_like_full_width_windows(parts):
+    from recsys.index.build import embed_histories
+    from recsys.model.inputs import windows
+
+    tower, _, ids, _, _ = parts
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(1, 60, 37)  # longer and shorter than history_length (20)
+    histories = [rng.choice(ids, size=s, replace=False) for s in sizes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    flat = np.concatenate(histories)
+    ratings = rng.uniform(0.5, 5, flat.size).astype(np.float32)
+    got = embed_histories(tower, np.arange(37), flat, ratings, offsets, batch_size=8)
+    m, r = windows(flat, ratings, offsets[:-1], offsets[1:], 20)
+    np.testing.assert_allclose(got, tower.embed(m, r), rtol=0, atol=1e-5)
