@@ -17,11 +17,11 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 
 RELEASE ?= ml-25m
 
-.PHONY: help check-java venv test run preprocess train index score corpus download bench-preprocess \
+.PHONY: help check-java venv test run preprocess train index score evaluate corpus download bench-preprocess \
         bench-train bench-train-quality bench-score clean
 
 help:
-	@echo "make run               set up, then run the pipeline on data/ml-latest-small"
+	@echo "make run               set up, then run the nightly pipeline on data/ml-latest-small"
 	@echo "make test              set up, then run the tests"
 	@echo "make corpus            generate the full-scale synthetic corpus ($(SYNTHETIC))"
 	@echo "make download RELEASE=ml-25m  fetch an official release (MD5-checked) into data/downloads"
@@ -65,7 +65,12 @@ index: venv
 score: check-java venv
 	$(SPARK_SUBMIT) jobs/score_all_users.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
 
-run: preprocess train index score
+evaluate: check-java venv
+	$(SPARK_SUBMIT) jobs/evaluate.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+
+# The nightly pipeline, as cron runs it: preprocess -> train -> index -> score -> evaluate.
+run: check-java venv
+	$(PY) jobs/nightly.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
 
 $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
@@ -89,4 +94,4 @@ bench-score: check-java venv corpus
 	  $(if $(BENCH_ROOT),--artifact-root $(BENCH_ROOT))
 
 clean:
-	rm -rf $(ARTIFACTS) $(VENV) metastore spark-warehouse metastore_db derby.log
+	rm -rf $(ARTIFACTS) $(VENV) logs metastore spark-warehouse metastore_db derby.log

@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
 

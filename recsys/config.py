@@ -184,6 +184,50 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Offline evaluation against baselines (DESIGN §6)."""
+
+    #: ALS grid (every combination is fitted; the best Recall@20 on the validation users
+    #: is used on every protocol).
+    als_ranks: tuple[int, ...] = (64,)
+    als_reg_params: tuple[float, ...] = (0.05, 0.3)
+    als_implicit: tuple[bool, ...] = (False, True)
+    als_max_iter: int = 10
+    #: ALS user/item blocks (ml-latest-small fits in 7.9 s with 2, 15.9 s with Spark's 10).
+    als_blocks: int = 2
+    #: Confidence scale of implicit ALS (c = 1 + alpha * rating).
+    als_alpha: float = 1.0
+    #: EASE L2 regularization; EASE runs only on catalogs up to ease_max_movies (a dense
+    #: movies x movies matrix is inverted).
+    ease_l2: float = 500.0
+    ease_max_movies: int = 20_000
+    #: EASE models the movies with at least this many fitted ratings (the usual pruning;
+    #: the others are never recommended by it).
+    ease_min_count: int = 2
+    #: Retrain the two-tower model on the random split's 80% to score that protocol.
+    random_split_two_tower: bool = True
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """The cron pipeline (DESIGN §4.7): preprocess -> train -> index -> score -> evaluate."""
+
+    #: Train only when the latest model is older than this (hours); 0 = train every night.
+    max_model_age_hours: float = 24.0
+    #: Run the offline evaluation (stage 6) after publishing.
+    evaluate: bool = True
+    #: One log file per run is written here (local directory).
+    log_dir: str = "logs"
+    #: The lock against overlapping runs; "" = <log_dir>/nightly.lock (local path).
+    lock_file: str = ""
+    #: spark-submit used for the Spark stages; "" = the one next to this Python.
+    spark_submit: str = ""
+    #: Extra spark-submit arguments for the Spark stages, e.g. "--master yarn
+    #: --archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python".
+    spark_submit_args: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     #: Root of all artifacts (local path or any Hadoop URI: file://, hdfs://, s3a://).
     artifact_root: str = "artifacts"
@@ -195,6 +239,8 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

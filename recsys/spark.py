@@ -54,6 +54,7 @@ def build_session(
     set_default("spark.sql.files.maxPartitionBytes", config.max_partition_bytes)
     set_default("spark.ui.enabled", "true" if config.ui_enabled else "false")
     set_default("spark.sql.session.timeZone", "UTC")
+    set_default("spark.ui.showConsoleProgress", "false")  # progress bars fill batch logs
     if not submitted:
         # Under spark-submit the user's --conf spark.pyspark.python / PYSPARK_PYTHON decide
         # (e.g. a venv shipped with --archives); here the driver's own interpreter is used.

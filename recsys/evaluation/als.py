@@ -19,6 +19,8 @@ class AlsSettings:
     implicit: bool = False
     alpha: float = 1.0
     seed: int = 7
+    #: User and item blocks; 0 = Spark's default (10). Small corpora fit ~2x faster in 2.
+    blocks: int = 0
 
 
 def ratings_from_histories(spark: SparkSession, histories_uri: str) -> DataFrame:
@@ -38,7 +40,9 @@ def fit_als(ratings: DataFrame, settings: AlsSettings = AlsSettings()):
     als = ALS(rank=settings.rank, regParam=settings.reg_param, maxIter=settings.max_iter,
               implicitPrefs=settings.implicit, alpha=settings.alpha, seed=settings.seed,
               userCol="user_id", itemCol="movie_id", ratingCol="rating",
-              coldStartStrategy="drop", nonnegative=False)
+              coldStartStrategy="drop", nonnegative=False,
+              **({"numUserBlocks": settings.blocks, "numItemBlocks": settings.blocks}
+                 if settings.blocks > 0 else {}))
     return als.fit(ratings)
 
 

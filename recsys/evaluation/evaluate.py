@@ -1,0 +1,280 @@
+"""Stage 6 (DESIGN §6): offline evaluation of the model against baselines, with a report.
+
+Writes ``<root>/evaluate/<run_id>/``::
+
+    metrics.json   every protocol x model x metric, the ALS tuning, the inputs
+    report.md      the tables and the plots below, for people
+    recall_at_k.png, popularity.png, movie_embeddings.png
+    config.toml, manifest.json, _SUCCESS
+
+Protocols (:mod:`recsys.evaluation.protocols`): held-out test users, temporal next-item,
+random 80/20 split. Models (:mod:`recsys.evaluation.models`): the two-tower model of the
+train run, most-popular, Spark MLlib ALS (lightly tuned on the validation users: the
+grid of ``evaluate.als_*``), and EASE when the catalog has at most
+``evaluate.ease_max_movies`` movies. On the random split the two-tower model is retrained
+on the 80% (``evaluate.random_split_two_tower``): the production model has trained on
+those ratings, so scoring it there would leak.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from recsys import artifacts, io
+from recsys.config import Config
+from recsys.evaluation import report
+from recsys.evaluation.als import AlsSettings
+from recsys.evaluation.metrics import hits_matrix, top_k_exact
+from recsys.evaluation.models import AlsScorer, Ease, MostPopular, TwoTower
+from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
+                                         held_out_users, load_corpus, random_split, temporal)
+
+log = logging.getLogger(__name__)
+STAGE = "evaluate"
+TOP = 100
+
+
+@dataclass
+class EvaluateResult:
+    run_dir: str
+    manifest: artifacts.Manifest
+    results: dict[str, Any]
+
+
+def rank(scorer: Any, protocol: Protocol, n_movies: int, k: int = TOP) -> np.ndarray:
+    """Exact top-``k`` columns per query user (seen movies excluded if the protocol says)."""
+    query = protocol.query
+    exclude = query.csr() if protocol.exclude_seen else None
+    top, _ = top_k_exact(lambda rows: scorer.scores(query, rows), query.users, min(k, n_movies),
+                         exclude, invalid_columns=())
+    return top
+
+
+def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
+                     n_movies: int) -> dict[str, float]:
+    hits = hits_matrix(top, protocol.truth)
+    n_rel = np.diff(protocol.truth[0])
+    keep = n_rel > 0
+    out: dict[str, float] = {}
+    if protocol.name.startswith("held-out"):
+        for k in (20, 50):
+            out[f"recall@{k}"] = _recall(hits, n_rel, k)
+        out["ndcg@100"] = _ndcg(hits, n_rel, 100)
+    elif protocol.name.startswith("temporal"):
+        out["hr@10"] = float(hits[keep, :10].any(axis=1).mean())
+        out["ndcg@10"] = _ndcg(hits, n_rel, 10)
+    else:  # the TFRS tutorial's top-K categorical accuracy: per test rating
+        for k in (1, 5, 10, 50, 100):
+            out[f"top{k}_accuracy"] = float(hits[keep, :k].sum() / n_rel[keep].sum())
+    out["coverage@100"] = float(np.unique(top).size / n_movies)
+    out["popular_share@100"] = float(np.isin(top, popular).mean())
+    return out
+
+
+def _recall(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
+    keep = n_rel > 0
+    return float(np.mean(hits[keep, :k].sum(axis=1) / np.minimum(k, n_rel[keep])))
+
+
+def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
+    keep = n_rel > 0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits[keep, :k] * discount[:hits.shape[1]][:k]).sum(axis=1)
+    ideal = np.cumsum(discount)[np.minimum(k, n_rel[keep]) - 1]
+    return float(np.mean(dcg / ideal))
+
+
+def recall_curve(protocol: Protocol, top: np.ndarray) -> list[float]:
+    hits = hits_matrix(top, protocol.truth)
+    n_rel = np.diff(protocol.truth[0])
+    return [round(_recall(hits, n_rel, k), 5) for k in range(1, top.shape[1] + 1)]
+
+
+def tune_als(spark: SparkSession, corpus: Corpus, config: Config) -> tuple[AlsSettings, list]:
+    """The ALS grid of ``evaluate.als_*``, scored by Recall@20 on the validation users."""
+    cfg = config.evaluate
+    validation = held_out_users(corpus, VALIDATION)
+    tried = []
+    for rank_, reg, implicit in itertools.product(cfg.als_ranks, cfg.als_reg_params,
+                                                  cfg.als_implicit):
+        settings = AlsSettings(rank=rank_, reg_param=reg, max_iter=cfg.als_max_iter,
+                               implicit=implicit, alpha=cfg.als_alpha, seed=config.train.seed,
+                               blocks=cfg.als_blocks)
+        scorer = AlsScorer(spark, validation.fit, validation.query, corpus.movie_ids, settings)
+        top = rank(scorer, validation, corpus.n_movies)
+        hits = hits_matrix(top, validation.truth)
+        r20 = _recall(hits, np.diff(validation.truth[0]), 20)
+        tried.append({"rank": rank_, "reg_param": reg, "implicit": implicit,
+                      "validation_recall@20": round(r20, 5)})
+        log.info("ALS rank=%d reg=%g implicit=%s: validation Recall@20 %.4f", rank_, reg,
+                 implicit, r20)
+    best = max(tried, key=lambda t: t["validation_recall@20"])
+    return AlsSettings(rank=best["rank"], reg_param=best["reg_param"],
+                       max_iter=cfg.als_max_iter, implicit=best["implicit"],
+                       alpha=cfg.als_alpha, seed=config.train.seed,
+                       blocks=cfg.als_blocks), tried
+
+
+def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
+                     dest_root: str) -> None:
+    """A preprocess run under ``dest_root`` whose training users keep only their
+    random-split fit ratings (time order kept), for retraining the two-tower model."""
+    src = io.local_path(preprocess_dir)
+    run = os.path.join(dest_root, "preprocess", "random-split")
+    os.makedirs(run)
+    for name in ("movies", "vocab", "splits"):
+        shutil.copytree(os.path.join(src, name), os.path.join(run, name))
+    hist = pq.read_table(os.path.join(src, "histories")).sort_by("user_id")
+    fit = protocol.fit
+    keep_users = np.isin(corpus.history.user_ids, fit.user_ids)
+    rows = []
+    fit_pos = {int(u): i for i, u in enumerate(fit.user_ids)}
+    for i, row in enumerate(hist.to_pylist()):
+        if keep_users[i]:
+            j = fit_pos[int(row["user_id"])]
+            lo, hi = fit.offsets[j], fit.offsets[j + 1]
+            wanted = set(corpus.movie_ids[fit.columns[lo:hi]].tolist())
+            picked = [t for t, m in enumerate(row["movie_ids"]) if m in wanted]
+            if not picked:
+                continue
+            for key in ("movie_ids", "ratings", "timestamps"):
+                row[key] = [row[key][t] for t in picked]
+            row["num_ratings"] = len(picked)
+            row["mean_rating"] = float(np.mean(row["ratings"]))
+        rows.append(row)
+    os.makedirs(os.path.join(run, "histories"))
+    pq.write_table(pa.Table.from_pylist(rows, schema=hist.schema),
+                   os.path.join(run, "histories", "part-00000.parquet"))
+    with open(os.path.join(run, artifacts.SUCCESS), "w"):
+        pass
+    with open(os.path.join(run, artifacts.MANIFEST), "w") as fh:
+        json.dump({"stage": "preprocess", "run_id": "random-split",
+                   "note": "derived by the evaluation: random-split fit ratings only"}, fh)
+    with open(os.path.join(dest_root, "preprocess", artifacts.LATEST), "w") as fh:
+        fh.write("random-split\n")
+
+
+def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = None,
+                 preprocess_run: str | None = None, train_run: str | None = None
+                 ) -> EvaluateResult:
+    root = config.artifact_root
+    cfg = config.evaluate
+    run_id = run_id or artifacts.new_run_id()
+    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    manifest = artifacts.Manifest(STAGE, run_id, config)
+    work = tempfile.mkdtemp(prefix="recsys-evaluate-")
+    out = os.path.join(work, "out")
+    os.makedirs(out)
+    try:
+        train_dir = artifacts.resolve(root, "train", train_run)
+        train_manifest = artifacts.verify(train_dir)
+        preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
+        with manifest.timed("load"):
+            corpus = load_corpus(preprocess_dir)
+        manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
+                              "model_version": train_manifest["run_id"]}
+        results: dict[str, Any] = {
+            "run_id": run_id, "model_version": train_manifest["run_id"],
+            "preprocess_run": os.path.basename(preprocess_dir.rstrip("/")),
+            "movies": corpus.n_movies, "protocols": []}
+        with manifest.timed("tune_als"):
+            als_settings, tried = tune_als(spark, corpus, config)
+        results["als_tuning"] = {"tried": tried, "best": {
+            "rank": als_settings.rank, "reg_param": als_settings.reg_param,
+            "implicit": als_settings.implicit, "max_iter": als_settings.max_iter}}
+        two_tower = TwoTower(train_dir, corpus.movie_ids, os.path.join(work, "model"))
+        protocols = [held_out_users(corpus, TEST), temporal(corpus),
+                     random_split(corpus, seed=config.split.seed)]
+        curves: dict[str, list[float]] = {}
+        popularity: dict[str, np.ndarray] = {}
+        for protocol in protocols:
+            with manifest.timed(protocol.name):
+                counts = np.bincount(protocol.fit.columns, minlength=corpus.n_movies)
+                popular = np.argsort(-counts, kind="stable")[:max(1, corpus.n_movies // 100)]
+                scorers: list[tuple[str, Any]] = []
+                if protocol.name == "random split":
+                    if cfg.random_split_two_tower:
+                        scorers.append(("two-tower (retrained on the 80%)",
+                                        _retrain(config, preprocess_dir, corpus, protocol,
+                                                 work)))
+                else:
+                    scorers.append((TwoTower.name, two_tower))
+                scorers.append((MostPopular.name, MostPopular(protocol.fit, corpus.n_movies)))
+                scorers.append((AlsScorer.name, AlsScorer(spark, protocol.fit, protocol.query,
+                                                          corpus.movie_ids, als_settings)))
+                if corpus.n_movies <= cfg.ease_max_movies:
+                    scorers.append((Ease.name, Ease(protocol.fit, corpus.n_movies,
+                                                    l2=cfg.ease_l2,
+                                                    max_movies=cfg.ease_max_movies,
+                                                    min_count=cfg.ease_min_count)))
+                models = {}
+                for name, scorer in scorers:
+                    top = rank(scorer, protocol, corpus.n_movies)
+                    models[name] = protocol_metrics(protocol, top, popular, corpus.n_movies)
+                    log.info("%s / %s: %s", protocol.name, name, models[name])
+                    if protocol.name.startswith("held-out"):
+                        curves[name] = recall_curve(protocol, top)
+                        popularity[name] = top
+                        popularity_counts = counts
+                results["protocols"].append({
+                    "name": protocol.name, "description": protocol.description,
+                    "query_users": protocol.query.users, "models": models})
+        results["recall_curves"] = curves
+        with manifest.timed("report"):
+            plots = {"Recall@K, held-out users": os.path.join(out, "recall_at_k.png"),
+                     "Popularity of recommendations": os.path.join(out, "popularity.png"),
+                     "Movie embeddings": os.path.join(out, "movie_embeddings.png")}
+            report.plot_recall_curves(curves, plots["Recall@K, held-out users"])
+            report.plot_popularity(popularity, popularity_counts,
+                                   plots["Popularity of recommendations"])
+            report.plot_embeddings(two_tower.items, corpus.genres, two_tower.known,
+                                   plots["Movie embeddings"])
+            with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as fh:
+                json.dump(results, fh, indent=2)
+            with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
+                fh.write(report.markdown(results, plots))
+            io.makedirs(run_dir)
+            io.copy_from_local(out, run_dir)
+        manifest["report"] = io.join(run_dir, "report.md")
+        manifest["headline"] = headline(results)
+        artifacts.commit(root, STAGE, run_dir, manifest, config)
+    except BaseException as exc:
+        artifacts.write_failed(run_dir, manifest, exc)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return EvaluateResult(run_dir, manifest, results)
+
+
+def _retrain(config: Config, preprocess_dir: str, corpus: Corpus, protocol: Protocol,
+             work: str) -> TwoTower:
+    from recsys.model.train import run_train
+
+    root = os.path.join(work, "random-split")
+    _split_histories(preprocess_dir, corpus, protocol, root)
+    trained = run_train(config.replace(artifact_root=root))
+    return TwoTower(trained.run_dir, corpus.movie_ids, os.path.join(work, "model-random"))
+
+
+def headline(results: dict[str, Any]) -> dict[str, str]:
+    """One line per protocol for the nightly summary: the model's first metric vs the
+    baselines'."""
+    lines = {}
+    for proto in results["protocols"]:
+        models = proto["models"]
+        metric = next(iter(next(iter(models.values()))))
+        lines[proto["name"]] = ", ".join(f"{m} {v[metric]:.4f}" for m, v in models.items()) \
+            + f" ({metric})"
+    return lines

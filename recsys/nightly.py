@@ -1,0 +1,366 @@
+"""The nightly pipeline for cron (DESIGN §4.7): preprocess -> train -> index -> score
+(publishes) -> evaluate, each stage its own job process.
+
+* **Lock.** An exclusive ``flock`` on ``nightly.lock_file``: a second run exits at once
+  with :data:`EXIT_LOCKED` and names the holder. The stage processes inherit the locked
+  file, so even a stage orphaned by a killed nightly keeps the lock until it ends; the
+  kernel drops it when the last holder dies, so a crash never leaves a stale lock.
+* **Stages.** Spark stages run with ``spark-submit`` (plus ``nightly.spark_submit_args``),
+  the others with this Python. Every stage gets the nightly's resolved configuration as a
+  TOML file, so ``--set`` overrides reach all of them. Training is skipped while the
+  latest model is younger than ``nightly.max_model_age_hours`` (``--force-train``
+  trains anyway); the index is rebuilt only for a new model.
+* **Exit codes.** 0 ok; :data:`EXIT_LOCKED` another run holds the lock; ``10 + n`` stage
+  ``n`` failed (11 preprocess, 12 train, 13 index, 14 score, 15 evaluate) — the stage's
+  own exit code (2 config, 3 input data, 4 artifact, 1 other) is in the log and summary.
+* **Logs and summary.** One log file per run in ``nightly.log_dir`` with every stage's
+  output; a summary (per-stage status, timings, counts, metrics, where the tables are)
+  printed at the end and written to ``<root>/nightly/<run_id>/summary.json``.
+
+A stage that fails or is killed leaves the published tables as they were (publishing is
+atomic per table, :mod:`recsys.publish.tables`); the next run starts from the top.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from recsys import artifacts, io
+from recsys.config import Config, dump_toml
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+EXIT_LOCKED = 10
+EXIT_STAGE_BASE = 10
+STAGES = ("preprocess", "train", "index", "score", "evaluate")
+
+
+class LockedError(RuntimeError):
+    """Another nightly run holds the lock."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # ok | skipped | failed | not run
+    wall_s: float = 0.0
+    exit_code: int | None = None
+    run_id: str | None = None
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NightlyResult:
+    run_id: str
+    run_date: str
+    exit_code: int
+    log_file: str
+    stages: list[StageResult]
+    summary_uri: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run_date": self.run_date, "exit_code": self.exit_code,
+                "log_file": self.log_file, "stages": [s.__dict__ for s in self.stages]}
+
+
+class Lock:
+    """An exclusive, non-blocking ``flock`` on a local file, held for the whole run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> "Lock":
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"another nightly run holds {self.path} ({holder}); "
+                              "not starting a second one") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {_now()}\n".encode())
+        os.set_inheritable(fd, True)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # the lock goes with the last process holding the file
+            self.fd = None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _latest(root: str, stage: str) -> dict[str, Any] | None:
+    try:
+        return artifacts.read_manifest(artifacts.resolve(root, stage))
+    except artifacts.ArtifactError:
+        return None
+
+
+def model_age_hours(root: str) -> float | None:
+    """Hours since the latest completed train run finished; None when there is none."""
+    manifest = _latest(root, "train")
+    if manifest is None or "finished_at" not in manifest:
+        return None
+    finished = dt.datetime.fromisoformat(manifest["finished_at"])
+    return (dt.datetime.now(dt.timezone.utc) - finished).total_seconds() / 3600
+
+
+class Runner:
+    """Runs the stage commands, streaming their output into the run's log file."""
+
+    def __init__(self, log: IO[str], lock_fd: int | None,
+                 echo: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        self.log = log
+        self.lock_fd = lock_fd
+        self.echo = echo
+        self.child: subprocess.Popen | None = None
+
+    def note(self, text: str) -> None:
+        line = f"[nightly {_now()}] {text}"
+        self.log.write(line + "\n")
+        self.log.flush()
+        self.echo(line)
+
+    def run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+        self.log.write(f"$ {shlex.join(cmd)}\n")
+        self.log.flush()
+        tail: list[str] = []
+        self.child = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            errors="replace", start_new_session=True,
+            pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
+        assert self.child.stdout is not None
+        for line in self.child.stdout:
+            self.log.write(line)
+            tail = (tail + [line.rstrip()])[-15:]
+        self.log.flush()
+        code = self.child.wait()
+        self.child = None
+        return code, tail
+
+    def stop_child(self, grace_s: float = 60) -> None:
+        """SIGTERM the running stage's process group; SIGKILL it after ``grace_s``. Waits,
+        so that the stage no longer holds the lock when the nightly exits."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                child.wait(timeout=grace_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _stage_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
+                   ) -> dict[str, list[str]]:
+    """The command line of every stage, as cron would type it."""
+    n = config.nightly
+    spark_submit = n.spark_submit or str(Path(sys.executable).parent / "spark-submit")
+    log4j = REPO / "conf" / "log4j2.properties"
+    submit = [spark_submit, *shlex.split(n.spark_submit_args)]
+    if "--master" not in submit:
+        submit += ["--master", config.spark.master]
+    if "--driver-memory" not in submit:
+        submit += ["--driver-memory", config.spark.driver_memory]
+    if "--driver-java-options" not in submit and log4j.is_file():
+        submit += ["--driver-java-options", f"-Dlog4j2.configurationFile={log4j}"]
+    common = ["--conf-file", conf_file, "--artifact-root", config.artifact_root]
+    return {
+        "preprocess": [*submit, str(JOBS / "preprocess.py"), *common],
+        "train": [sys.executable, str(JOBS / "train.py"), *common],
+        "index": [sys.executable, str(JOBS / "build_index.py"), *common],
+        "score": [*submit, str(JOBS / "score_all_users.py"), *common, "--run-date", run_date,
+                  "--run-id", run_id],
+        "evaluate": [*submit, str(JOBS / "evaluate.py"), *common, "--run-id", run_id],
+    }
+
+
+def _details(root: str, stage: str) -> tuple[str | None, dict[str, Any]]:
+    """The run id and the figures worth a line in the summary, from the stage's manifest."""
+    m = _latest(root, stage)
+    if m is None:
+        return None, {}
+    keep: dict[str, Any] = {}
+    if stage == "preprocess":
+        keep = {"counts": m.get("counts", {})}
+    elif stage == "train":
+        validation = m.get("metrics", {}).get("validation", {})
+        keep = {"validation": validation.get("model", validation)}
+    elif stage == "index":
+        keep = {"recall": m.get("recall", {})}
+    elif stage == "score":
+        keep = {"counts": m.get("counts", {}), "tables": m.get("tables", {}),
+                "table_root": m.get("table_root")}
+    elif stage == "evaluate":
+        keep = {"report": m.get("report"), "headline": m.get("headline", {})}
+    return m.get("run_id"), keep
+
+
+def run_nightly(config: Config, *, run_date: str | None = None, force_train: bool = False,
+                run_id: str | None = None,
+                echo: Callable[[str], None] = lambda line: print(line, flush=True)
+                ) -> NightlyResult:
+    """Run the pipeline once under the lock; never raises for a failed stage."""
+    n = config.nightly
+    run_id = run_id or artifacts.new_run_id()
+    run_date = run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    root = io.normalize_uri(config.artifact_root)
+    os.makedirs(n.log_dir, exist_ok=True)
+    lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
+    log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
+    with Lock(lock_path) as lock, open(log_file, "a", encoding="utf-8") as log:
+        runner = Runner(log, lock.fd, echo)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            runner.note(f"received signal {signum}: stopping the running stage")
+            runner.stop_child()
+            raise KeyboardInterrupt
+
+        for s in previous:
+            signal.signal(s, on_signal)
+        try:
+            return _run_stages(config, runner, run_id, run_date, root, force_train, log_file)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root: str,
+                force_train: bool, log_file: str) -> NightlyResult:
+    n = config.nightly
+    workdir = tempfile.mkdtemp(prefix="recsys-nightly-")
+    conf_file = os.path.join(workdir, "config.toml")
+    with open(conf_file, "w", encoding="utf-8") as fh:
+        fh.write(dump_toml(config.replace(artifact_root=root)))
+    commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
+    env = _stage_env()
+    results: list[StageResult] = []
+    exit_code = 0
+    runner.note(f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}")
+    for number, stage in enumerate(STAGES, start=1):
+        if exit_code:
+            results.append(StageResult(stage, "not run"))
+            continue
+        skip = ""
+        if stage == "train" and not force_train and n.max_model_age_hours > 0:
+            age = model_age_hours(root)
+            if age is not None and age < n.max_model_age_hours:
+                skip = (f"latest model is {age:.1f} h old (< nightly.max_model_age_hours = "
+                        f"{n.max_model_age_hours:g}); --force-train to retrain")
+        if stage == "index":
+            train, index = _latest(root, "train"), _latest(root, "index")
+            if train and index and index.get("inputs", {}).get("model_version") == train["run_id"]:
+                skip = f"index {index['run_id']} is built for model {train['run_id']}"
+        if stage == "evaluate" and not n.evaluate:
+            skip = "nightly.evaluate = false"
+        if skip:
+            run, details = _details(root, stage)
+            results.append(StageResult(stage, "skipped", run_id=run, reason=skip,
+                                       details=details))
+            runner.note(f"{stage}: skipped ({skip})")
+            continue
+        runner.note(f"{stage}: started")
+        start = time.perf_counter()
+        try:
+            code, tail = runner.run(commands[stage], env)
+        except KeyboardInterrupt:
+            results.append(StageResult(stage, "failed", round(time.perf_counter() - start, 1),
+                                       130, reason="interrupted"))
+            exit_code = 130
+            break
+        wall = round(time.perf_counter() - start, 1)
+        if code != 0:
+            reason = next((ln for ln in reversed(tail) if f"{_job_name(stage)}:" in ln),
+                          tail[-1] if tail else "")
+            results.append(StageResult(stage, "failed", wall, code, reason=reason))
+            runner.note(f"{stage}: FAILED with exit code {code} after {wall:.1f} s: {reason}")
+            exit_code = EXIT_STAGE_BASE + number
+            continue
+        run, details = _details(root, stage)
+        results.append(StageResult(stage, "ok", wall, 0, run_id=run, details=details))
+        runner.note(f"{stage}: ok in {wall:.1f} s (run {run})")
+    for stage in STAGES[len(results):]:
+        results.append(StageResult(stage, "not run"))
+    result = NightlyResult(run_id, run_date, exit_code, log_file, results)
+    try:
+        uri = io.join(root, "nightly", run_id, "summary.json")
+        io.write_text(uri, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        result.summary_uri = uri
+    except OSError as exc:  # the summary is a report; never turn a good night into a failure
+        runner.note(f"could not write the summary: {exc}")
+    for line in format_summary(result).splitlines():
+        runner.note(line)
+    return result
+
+
+def _job_name(stage: str) -> str:
+    return {"index": "build_index", "score": "score_all_users"}.get(stage, stage)
+
+
+def format_summary(result: NightlyResult) -> str:
+    lines = [f"summary of run {result.run_id} (run_date {result.run_date}): "
+             + ("succeeded" if result.exit_code == 0 else f"FAILED, exit code {result.exit_code}")]
+    for s in result.stages:
+        line = f"  {s.name:<10} {s.status:<8}"
+        if s.status in ("ok", "failed"):
+            line += f" {s.wall_s:7.1f} s"
+        if s.run_id:
+            line += f"  run {s.run_id}"
+        if s.reason:
+            line += f"  ({s.reason})"
+        lines.append(line)
+        d = s.details
+        if s.name == "preprocess" and d.get("counts"):
+            c = d["counts"]
+            lines.append("             " + ", ".join(f"{k} {v:,}" for k, v in c.items()
+                                                      if isinstance(v, int))[:200])
+        if s.name == "index" and d.get("recall"):
+            lines.append("             " + ", ".join(f"{k} {v}" for k, v in d["recall"].items()))
+        if s.name == "score" and d.get("counts"):
+            tables = ", ".join(t["name"] for t in d.get("tables", {}).values())
+            lines.append(f"             {d['counts'].get('users', 0):,} users x top "
+                         f"{d['counts'].get('top_n')}; tables {tables} under "
+                         f"{d.get('table_root')} (partition run_date={result.run_date})")
+        if s.name == "evaluate" and d.get("report"):
+            lines.append(f"             report {d['report']}")
+            for name, value in d.get("headline", {}).items():
+                lines.append(f"             {name}: {value}")
+    if result.summary_uri:
+        lines.append(f"  summary {result.summary_uri}")
+    lines.append(f"  log {result.log_file}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""The nightly pipeline for cron, end to end on ml-latest-small: real jobs, real Spark.
+
+One module-scoped first night; the tests after it run more nights against the same
+artifact root and tables, as cron would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.nightly import EXIT_LOCKED, Lock
+from tests.conftest import REPO, SMALL
+
+NIGHTLY = str(REPO / "jobs" / "nightly.py")
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+                TF_USE_LEGACY_KERAS="1")
+
+
+def args(base: Path, run_date: str, *extra: str, source: Path = SMALL) -> list[str]:
+    return [sys.executable, NIGHTLY, "--conf-file", str(REPO / "conf" / "default.toml"),
+            "--artifact-root", str(base / "artifacts"), "--input", str(source),
+            "--run-date", run_date, "--set", f"nightly.log_dir={base / 'logs'}",
+            "--set", f"spark.metastore_dir={base / 'metastore'}",
+            "--set", "spark.driver_memory=2g", "--set", "train.epochs=2", *extra]
+
+
+LATER = ("--set", "nightly.evaluate=false")  # the first night evaluates; the rest need not
+
+
+def nightly(base: Path, run_date: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args(base, run_date, *extra), env=env(), capture_output=True,
+                          text=True, timeout=1200, cwd=base)
+
+
+def summary(base: Path) -> dict:
+    runs = sorted((base / "artifacts" / "nightly").iterdir())
+    return json.loads((runs[-1] / "summary.json").read_text())
+
+
+def night(base: Path, run_date: str) -> Path:
+    return base / "artifacts" / "tables" / "movielens_recommendations" / f"run_date={run_date}"
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_night(tmp_path_factory):
+    base = tmp_path_factory.mktemp("nightly")
+    done = nightly(base, "2026-11-20")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return base, done
+
+
+def test_a_first_night_runs_every_stage_and_publishes(first_night):
+    base, done = first_night
+    s = summary(base)
+    status = {st["name"]: st["status"] for st in s["stages"]}
+    assert set(status.values()) == {"ok"}, status
+    score = next(st for st in s["stages"] if st["name"] == "score")
+    assert score["details"]["counts"]["users"] == 610
+    assert pq.read_table(night(base, "2026-11-20")).num_rows == 610
+    assert "summary of run" in done.stdout and "610 users x top 100" in done.stdout
+    log = Path(s["log_file"])
+    assert log.parent == base / "logs"
+    text = log.read_text()
+    assert "score_all_users: 610 users" in text and "preprocess: ok" in text  # stage output kept
+
+
+def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_night):
+    base, done = first_night
+    evaluate = next(st for st in summary(base)["stages"] if st["name"] == "evaluate")
+    run = base / "artifacts" / "evaluate" / evaluate["run_id"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    by_name = {p["name"]: p["models"] for p in metrics["protocols"]}
+    assert set(by_name) == {"held-out users (test)", "temporal next-item", "random split"}
+    assert set(by_name["held-out users (test)"]) == {"two-tower", "most-popular", "ALS", "EASE"}
+    assert set(by_name["random split"]) == {"two-tower (retrained on the 80%)", "most-popular",
+                                            "ALS", "EASE"}
+    for models in by_name.values():
+        for values in models.values():
+            assert all(0.0 <= v <= 1.0 for v in values.values()), values
+    # every model learned something: far above what a random ranking finds
+    held_out = by_name["held-out users (test)"]
+    assert all(v["recall@20"] > 0.05 for v in held_out.values()), held_out
+    assert len(metrics["als_tuning"]["tried"]) == 4
+    assert len(metrics["recall_curves"]["two-tower"]) == 100
+    report = (run / "report.md").read_text()
+    for png in ("recall_at_k.png", "popularity.png", "movie_embeddings.png"):
+        assert (run / png).stat().st_size > 5_000 and f"]({png})" in report
+    assert "| EASE |" in report and "## temporal next-item" in report
+    assert "report " in done.stdout and "held-out users (test): two-tower" in done.stdout
+
+
+def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night):
+    base, _ = first_night
+    done = nightly(base, "2026-11-21", *LATER)
+    assert done.returncode == 0, done.stdout[-4000:]
+    status = {st["name"]: (st["status"], st["reason"]) for st in summary(base)["stages"]}
+    assert status["train"][0] == "skipped" and "h old" in status["train"][1]
+    assert status["index"][0] == "skipped" and status["score"][0] == "ok"
+    assert status["evaluate"] == ("skipped", "nightly.evaluate = false")
+    assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
+
+
+def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_night):
+    base, _ = first_night
+    with Lock(str(base / "logs" / "nightly.lock")):
+        started = time.time()
+        done = nightly(base, "2026-11-22", *LATER)
+    assert done.returncode == EXIT_LOCKED
+    assert "another nightly run holds" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    assert time.time() - started < 60  # refused up front: nothing ran
+    assert not night(base, "2026-11-22").exists()
+
+
+def test_a_failing_stage_is_named_by_the_exit_code(first_night, tmp_path):
+    base, _ = first_night
+    done = subprocess.run(args(base, "2026-11-22", source=tmp_path / "missing-release"),
+                          env=env(), capture_output=True, text=True, timeout=600, cwd=base)
+    assert done.returncode == 11, done.stdout[-3000:]
+    stages = {st["name"]: st for st in summary(base)["stages"]}
+    assert stages["preprocess"]["status"] == "failed" and stages["preprocess"]["exit_code"] == 3
+    assert "input data error" in stages["preprocess"]["reason"]
+    assert stages["score"]["status"] == "not run"
+    assert not night(base, "2026-11-22").exists()
+
+
+def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_completes(first_night):
+    base, _ = first_night
+    before = snapshot(night(base, "2026-11-21"))
+    proc = subprocess.Popen(args(base, "2026-11-21", *LATER), env=env(), cwd=base,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the nightly echoes each stage as it starts
+        seen.append(line)
+        if "score: started" in line:
+            break
+    staging = night(base, "2026-11-21").parent / "_staging"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if staging.is_dir() and any(staging.iterdir()):  # scoring is writing tonight's files
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "".join(seen)[-3000:]
+    proc.send_signal(signal.SIGTERM)  # what cron / systemd send first
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-3000:]
+    assert snapshot(night(base, "2026-11-21")) == before
+    assert pq.read_table(night(base, "2026-11-20")).num_rows == 610
+    again = nightly(base, "2026-11-21", *LATER)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
