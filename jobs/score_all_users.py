@@ -6,7 +6,7 @@
         [--set score.top_n=100 ...]
 
 Reads the latest preprocess histories, the latest train run and the index built for it
-(all verified against their manifests), scores every user in a pandas UDF (user tower +
+(all verified against their manifests), scores every user in an Arrow UDF, mapInArrow (user tower +
 ScaNN, rated movies removed, top-N) and publishes the run_date partition of the
 recommendations, user-embeddings and similar-movies tables (see recsys.scoring.score).
 Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 1 other.

@@ -152,7 +152,7 @@ class ScoreConfig:
 
     #: Movies recommended per user (already-rated movies excluded).
     top_n: int = 100
-    #: Users per Arrow batch handed to the pandas UDF (bounds worker memory).
+    #: Users per Arrow batch handed to the scoring UDF (bounds worker memory).
     batch_size: int = 4096
     #: Deeper searches (users who rated many movies) use the exact searcher.
     max_scann_depth: int = 1024

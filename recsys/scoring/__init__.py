@@ -1,1 +1,1 @@
-"""Scoring every user: the worker-side top-N logic and the Spark pandas-UDF stage."""
+"""Scoring every user: the worker-side top-N logic and the Spark mapInArrow stage."""

@@ -1,7 +1,7 @@
 """Top-N for a batch of users, on one worker: embed, search, drop what they rated.
 
 Pure numpy around the user tower and the searchers, so it is tested without Spark and
-runs unchanged inside the pandas UDF (:mod:`recsys.scoring.score`).
+runs unchanged inside the Arrow UDF (:mod:`recsys.scoring.score`).
 
 Depth: a user who rated ``s`` movies needs ``N + s`` neighbours for ``N`` to survive the
 removal of rated movies. Users are grouped by that depth rounded up to a power of two;

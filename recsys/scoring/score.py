@@ -1,4 +1,4 @@
-"""Stage 4-5 (DESIGN §4.4-4.5): score every user in a pandas UDF and publish the tables.
+"""Stage 4-5 (DESIGN §4.4-4.5): score every user in an Arrow UDF and publish the tables.
 
 Inputs: the latest (or named) preprocess run's histories — tonight's data — and a train
 run with the index built from it. Both are verified against their manifests (sizes and
