@@ -200,9 +200,11 @@ def copy_to_local(uri: str, dest: str) -> str:
 
 
 def copy_from_local(src: str, uri: str) -> None:
-    """Copy a local file or directory tree to a URI."""
+    """Copy a local file or directory tree to a URI (a directory lands *as* ``uri``)."""
     fs, path = _fs(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
+    # pyarrow creates the destination only for sub-directories: a flat directory's files
+    # need ``uri`` itself to exist
+    fs.create_dir(path if os.path.isdir(src) else posixpath.dirname(path), recursive=True)
     pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
 

@@ -242,7 +242,8 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     os.makedirs(n.log_dir, exist_ok=True)
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
-    with Lock(lock_path) as lock, open(log_file, "a", encoding="utf-8") as log:
+    with Lock(lock_path) as lock, open(log_file, "a", encoding="utf-8") as log, \
+            tempfile.TemporaryDirectory(prefix="recsys-nightly-") as workdir:
         runner = Runner(log, lock.fd, echo)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -254,16 +255,16 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
         for s in previous:
             signal.signal(s, on_signal)
         try:
-            return _run_stages(config, runner, run_id, run_date, root, force_train, log_file)
+            return _run_stages(config, runner, run_id, run_date, root, force_train, log_file,
+                               workdir)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
 
 def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root: str,
-                force_train: bool, log_file: str) -> NightlyResult:
+                force_train: bool, log_file: str, workdir: str) -> NightlyResult:
     n = config.nightly
-    workdir = tempfile.mkdtemp(prefix="recsys-nightly-")
     conf_file = os.path.join(workdir, "config.toml")
     with open(conf_file, "w", encoding="utf-8") as fh:
         fh.write(dump_toml(config.replace(artifact_root=root)))

@@ -36,7 +36,8 @@ from recsys import artifacts, io
 from recsys.config import Config
 from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
-from recsys.evaluation.metrics import hits_matrix, top_k_exact
+from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k, recall_at_k,
+                                       top_k_exact)
 from recsys.evaluation.models import AlsScorer, Ease, MostPopular, TwoTower
 from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
@@ -70,11 +71,11 @@ def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
     out: dict[str, float] = {}
     if protocol.name.startswith("held-out"):
         for k in (20, 50):
-            out[f"recall@{k}"] = _recall(hits, n_rel, k)
-        out["ndcg@100"] = _ndcg(hits, n_rel, 100)
+            out[f"recall@{k}"] = recall_at_k(hits, n_rel, k)
+        out["ndcg@100"] = ndcg_at_k(hits, n_rel, 100)
     elif protocol.name.startswith("temporal"):
-        out["hr@10"] = float(hits[keep, :10].any(axis=1).mean())
-        out["ndcg@10"] = _ndcg(hits, n_rel, 10)
+        out["hr@10"] = hit_rate_at_k(hits, n_rel, 10)
+        out["ndcg@10"] = ndcg_at_k(hits, n_rel, 10)
     else:  # the TFRS tutorial's top-K categorical accuracy: per test rating
         for k in (1, 5, 10, 50, 100):
             out[f"top{k}_accuracy"] = float(hits[keep, :k].sum() / n_rel[keep].sum())
@@ -83,23 +84,10 @@ def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
     return out
 
 
-def _recall(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
-    keep = n_rel > 0
-    return float(np.mean(hits[keep, :k].sum(axis=1) / np.minimum(k, n_rel[keep])))
-
-
-def _ndcg(hits: np.ndarray, n_rel: np.ndarray, k: int) -> float:
-    keep = n_rel > 0
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits[keep, :k] * discount[:hits.shape[1]][:k]).sum(axis=1)
-    ideal = np.cumsum(discount)[np.minimum(k, n_rel[keep]) - 1]
-    return float(np.mean(dcg / ideal))
-
-
 def recall_curve(protocol: Protocol, top: np.ndarray) -> list[float]:
     hits = hits_matrix(top, protocol.truth)
     n_rel = np.diff(protocol.truth[0])
-    return [round(_recall(hits, n_rel, k), 5) for k in range(1, top.shape[1] + 1)]
+    return [round(recall_at_k(hits, n_rel, k), 5) for k in range(1, top.shape[1] + 1)]
 
 
 def tune_als(spark: SparkSession, corpus: Corpus, config: Config) -> tuple[AlsSettings, list]:
@@ -115,7 +103,7 @@ def tune_als(spark: SparkSession, corpus: Corpus, config: Config) -> tuple[AlsSe
         scorer = AlsScorer(spark, validation.fit, validation.query, corpus.movie_ids, settings)
         top = rank(scorer, validation, corpus.n_movies)
         hits = hits_matrix(top, validation.truth)
-        r20 = _recall(hits, np.diff(validation.truth[0]), 20)
+        r20 = recall_at_k(hits, np.diff(validation.truth[0]), 20)
         tried.append({"rank": rank_, "reg_param": reg, "implicit": implicit,
                       "validation_recall@20": round(r20, 5)})
         log.info("ALS rank=%d reg=%g implicit=%s: validation Recall@20 %.4f", rank_, reg,
@@ -245,7 +233,6 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                 json.dump(results, fh, indent=2)
             with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
                 fh.write(report.markdown(results, plots))
-            io.makedirs(run_dir)
             io.copy_from_local(out, run_dir)
         manifest["report"] = io.join(run_dir, "report.md")
         manifest["headline"] = headline(results)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recsys.evaluation.metrics import most_popular_scores
 from recsys.evaluation.protocols import Interactions, columns_of
 
 if TYPE_CHECKING:
@@ -31,10 +32,10 @@ class MostPopular:
     name = "most-popular"
 
     def __init__(self, fit: Interactions, n_movies: int) -> None:
-        self.counts = np.bincount(fit.columns, minlength=n_movies).astype(np.float32)
+        self._score = most_popular_scores(np.bincount(fit.columns, minlength=n_movies))
 
     def scores(self, query: Interactions, rows: slice) -> np.ndarray:
-        return np.repeat(self.counts[None, :], rows.stop - rows.start, axis=0)
+        return self._score(rows)
 
 
 def _binary(inter: Interactions, n_movies: int, rows: slice | None = None) -> np.ndarray:
@@ -150,13 +151,15 @@ class TwoTower:
         self.items[cols] = emb[inside]
         self.known[cols] = True
         self.catalog = catalog
-        self._cache: tuple[int, np.ndarray] | None = None
+        self._cache: tuple[Interactions, np.ndarray] | None = None
 
     def user_embeddings(self, query: Interactions) -> np.ndarray:
-        if self._cache is None or self._cache[0] != id(query):
+        """Every query user's embedding, computed once per query set (scores() is called
+        slice by slice)."""
+        if self._cache is None or self._cache[0] is not query:
             emb = self._embed(self.tower, query.user_ids, self.catalog[query.columns],
                               query.ratings, query.offsets)
-            self._cache = (id(query), emb)
+            self._cache = (query, emb)
         return self._cache[1]
 
     def scores(self, query: Interactions, rows: slice) -> np.ndarray:

@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from recsys import io
+from recsys.csr import list_column, ranges
+from recsys.model.examples import ROLES, TEST, TRAIN, VALIDATION
 
-ROLES = ("train", "validation", "test")
-TRAIN, VALIDATION, TEST = 0, 1, 2
+__all__ = ["ROLES", "TEST", "TRAIN", "VALIDATION", "Corpus", "Interactions", "Protocol",
+           "held_out_users", "load_corpus", "random_split", "temporal"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,7 @@ class Interactions:
     def subset(self, users: np.ndarray, keep: np.ndarray | None = None) -> "Interactions":
         """Rows ``users`` (positions); of their ratings only those where ``keep`` (flat mask)."""
         mask = np.zeros(self.columns.size, bool)
-        lengths = np.diff(self.offsets)[users]
-        idx = np.repeat(self.offsets[users] - np.concatenate([[0], np.cumsum(lengths)[:-1]]),
-                        lengths) + np.arange(int(lengths.sum()))
-        mask[idx] = True
+        mask[ranges(self.offsets[users], np.diff(self.offsets)[users])] = True
         if keep is not None:
             mask &= keep
         owner = self.owners()
@@ -105,20 +103,14 @@ def load_corpus(preprocess_dir: str) -> Corpus:
     user_ids = hist.column("user_id").to_numpy().astype(np.int64)
     if not np.array_equal(user_ids, splits.column("user_id").to_numpy().astype(np.int64)):
         raise ValueError(f"{preprocess_dir}: histories and splits do not hold the same users")
-    m = pa.concat_arrays(hist.column("movie_ids").chunks) if hist.num_rows else pa.array([], pa.list_(pa.int32()))
-    r = pa.concat_arrays(hist.column("ratings").chunks) if hist.num_rows else pa.array([], pa.list_(pa.float32()))
-    offsets = m.offsets.to_numpy().astype(np.int64)
-    flat_m = m.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].astype(np.int64)
-    flat_r = r.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].astype(np.float32)
-    offsets -= offsets[0]
-    history = Interactions(user_ids, offsets, columns_of(movie_ids, flat_m), flat_r)
+    offsets, flat_m = list_column(hist.column("movie_ids"))
+    _, flat_r = list_column(hist.column("ratings"))
+    history = Interactions(user_ids, offsets, columns_of(movie_ids, flat_m.astype(np.int64)),
+                           flat_r.astype(np.float32))
     roles = np.array([ROLES.index(x) for x in splits.column("role").to_pylist()], np.int8)
-    hold = pa.concat_arrays(splits.column("holdout_movie_ids").chunks) if splits.num_rows \
-        else pa.array([], pa.list_(pa.int32()))
-    h_off = hold.offsets.to_numpy().astype(np.int64)
-    h_val = hold.values.to_numpy(zero_copy_only=False)[h_off[0]:h_off[-1]].astype(np.int64)
+    h_off, h_val = list_column(splits.column("holdout_movie_ids"))
     h_owner = np.repeat(np.arange(user_ids.size), np.diff(h_off))
-    key_hold = h_owner << 32 | columns_of(movie_ids, h_val)
+    key_hold = h_owner << 32 | columns_of(movie_ids, h_val.astype(np.int64))
     key_all = history.owners().astype(np.int64) << 32 | history.columns
     holdout = np.isin(key_all, key_hold)
     return Corpus(movie_ids, genres, history, roles, holdout)

@@ -10,15 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from recsys.csr import MOVIE_SCORES, ranked_movies
 from recsys.index.searcher import MovieSearcher
 
 SIMILAR = "similar_movies"
-SCHEMA = pa.schema([
-    ("movie_id", pa.int32()),
-    ("similar", pa.list_(pa.field("element", pa.struct([("movie_id", pa.int32()),
-                                                         ("score", pa.float32())]),
-                                  nullable=False))),
-])
+SCHEMA = pa.schema([("movie_id", pa.int32()), ("similar", MOVIE_SCORES)])
 
 
 def nearest_movies(searcher: MovieSearcher, embeddings: np.ndarray, movie_ids: np.ndarray,
@@ -39,10 +35,5 @@ def nearest_movies(searcher: MovieSearcher, embeddings: np.ndarray, movie_ids: n
 
 def similar_table(movie_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pa.Table:
     """The published layout: ``movie_id:int, similar:array<struct<movie_id:int, score:float>>``."""
-    k = ids.shape[1] if ids.ndim == 2 else 0
-    structs = pa.StructArray.from_arrays(
-        [pa.array(ids.reshape(-1).astype(np.int32)), pa.array(scores.reshape(-1), pa.float32())],
-        fields=list(SCHEMA.field("similar").type.value_type))
-    offsets = pa.array((np.arange(movie_ids.size + 1) * k).astype(np.int32))
-    similar = pa.ListArray.from_arrays(offsets, structs, type=SCHEMA.field("similar").type)
-    return pa.Table.from_arrays([pa.array(movie_ids.astype(np.int32)), similar], schema=SCHEMA)
+    return pa.Table.from_arrays([pa.array(movie_ids.astype(np.int32)),
+                                 ranked_movies(ids, scores)], schema=SCHEMA)

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from recsys import io
 from recsys.config import ModelConfig, TrainConfig
+from recsys.csr import ranges as _ranges
 from recsys.features.splits import ROLES
 from recsys.model.inputs import PAD, MovieCatalog, UserChunk, windows
 
@@ -83,12 +84,6 @@ class Splits:
         key_hold = hold_owner.astype(np.int64) << 32 | hold_movie.astype(np.int64)
         key_all = owners.astype(np.int64) << 32 | chunk.movies.astype(np.int64)
         return np.isin(key_all, key_hold) & (chunk.movies != PAD)
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorized."""
-    shift = starts - np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.repeat(shift, counts) + np.arange(int(counts.sum()))
 
 
 def compact(chunk: UserChunk, keep: np.ndarray) -> UserChunk:

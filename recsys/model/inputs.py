@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys.config import ModelConfig
+from recsys.csr import list_column
 
 PAD = 0
 _YEAR_MIN, _YEAR_STEP, _YEAR_BUCKETS = 1900, 3, 44
@@ -180,16 +181,8 @@ class UserChunk:
 
     @classmethod
     def from_batch(cls, batch: pa.RecordBatch | pa.Table, catalog: MovieCatalog) -> "UserChunk":
-        def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
-            col = batch.column(name)
-            if isinstance(col, pa.ChunkedArray):
-                col = col.combine_chunks()
-            offsets = col.offsets.to_numpy().astype(np.int64)
-            values = col.values.to_numpy(zero_copy_only=False)
-            return offsets - offsets[0], values[offsets[0]:offsets[-1]]
-
-        offsets, movie_ids = flat("movie_ids")
-        _, ratings = flat("ratings")
+        offsets, movie_ids = list_column(batch.column("movie_ids"))
+        _, ratings = list_column(batch.column("ratings"))
         user_ids = batch.column("user_id").to_numpy(zero_copy_only=False).astype(np.int64)
         return cls(user_ids, offsets, catalog.index_of(movie_ids),
                    ratings.astype(np.float32))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys import io
+from recsys.csr import ranges
 from recsys.index.searcher import MovieSearcher
 from recsys.model.export import MODEL_INFO, SAVED_MODEL, UserTower, load_user_tower
 
@@ -66,9 +67,7 @@ def _rows_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets)[rows]
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    shift = offsets[rows] - new_offsets[:-1]
-    idx = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
-    return new_offsets, values[idx]
+    return new_offsets, values[ranges(offsets[rows], lengths)]
 
 
 def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,

@@ -36,6 +36,7 @@ from pyspark.sql import types as T
 
 from recsys import artifacts, io
 from recsys.config import Config
+from recsys.csr import fixed_lists, list_column, ranked_movies
 from recsys.index.similar import SIMILAR
 from recsys.publish.tables import publish_partition, register_table, warm_catalog
 
@@ -49,12 +50,7 @@ UDF_SCHEMA = T.StructType([
     T.StructField("recommendations", T.ArrayType(_PAIR, containsNull=False)),
     T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
 ])
-RECOMMENDATION = pa.list_(pa.field("element", pa.struct([("movie_id", pa.int32()),
-                                                         ("score", pa.float32())]),
-                                   nullable=False))
 EMBEDDING = pa.list_(pa.field("element", pa.float32(), nullable=False))
-RECOMMENDATIONS_SCHEMA = ("user_id INT, recommendations ARRAY<STRUCT<movie_id: INT, "
-                          "score: FLOAT>>, model_version STRING, run_id STRING")
 
 
 @dataclass
@@ -80,21 +76,6 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
     return train_dir, index_dir, model_version
 
 
-def _flat(batch: pa.RecordBatch, name: str, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets from 0, flat values) of a list column, without copying into Python."""
-    col = batch.column(name)
-    offsets = col.offsets.to_numpy().astype(np.int64)
-    values = col.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    return offsets - offsets[0], values.astype(dtype, copy=False)
-
-
-def _list(values: np.ndarray, type_: pa.DataType) -> pa.ListArray:
-    """A list column with ``values.shape[1]`` items per row from a 2-D array."""
-    rows, width = values.shape
-    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), type=type_)
-
-
 def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: int):
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import recsys  # noqa: F401  (TensorFlow environment on the worker)
@@ -105,23 +86,19 @@ def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            offsets, movie_ids = _flat(batch, "movie_ids", np.int64)
-            _, ratings = _flat(batch, "ratings", np.float32)
+            offsets, movie_ids = list_column(batch.column("movie_ids"))
+            _, ratings = list_column(batch.column("ratings"))
             recs = recommend(
                 tower, scann, exact,
                 user_ids=batch.column("user_id").to_numpy().astype(np.int64), offsets=offsets,
-                movie_ids=movie_ids, ratings=ratings, n=top_n, max_scann_depth=max_scann_depth)
-            pairs = pa.StructArray.from_arrays(
-                [pa.array(recs.movie_ids.reshape(-1).astype(np.int32)),
-                 pa.array(recs.scores.reshape(-1).astype(np.float32))],
-                fields=list(RECOMMENDATION.value_type))
-            rows = recs.movie_ids.shape[0]
+                movie_ids=movie_ids.astype(np.int64, copy=False),
+                ratings=ratings.astype(np.float32, copy=False), n=top_n,
+                max_scann_depth=max_scann_depth)
+            emb = recs.embeddings.astype(np.float32)
             yield pa.RecordBatch.from_arrays([
                 batch.column("user_id").cast(pa.int32()),
-                pa.ListArray.from_arrays(
-                    pa.array(np.arange(rows + 1, dtype=np.int32) * recs.movie_ids.shape[1]),
-                    pairs, type=RECOMMENDATION),
-                _list(recs.embeddings.astype(np.float32), EMBEDDING),
+                ranked_movies(recs.movie_ids, recs.scores),
+                fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1], EMBEDDING),
             ], names=["user_id", "recommendations", "embedding"])
 
     return score
