@@ -8,9 +8,11 @@ executors share the driver's disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -152,6 +154,40 @@ def move(src: str, dst: str) -> None:
     _, dst_path = _fs(dst)
     fs.create_dir(posixpath.dirname(dst_path), recursive=True)
     fs.move(src_path, dst_path)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _renameat2_exchange(a: str, b: str) -> bool:
+    """Swap two local paths in one ``renameat2(RENAME_EXCHANGE)``; False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem can't exchange
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def exchange(a: str, b: str) -> bool:
+    """Atomically swap two existing entries of one local filesystem.
+
+    Returns False when that cannot be done atomically here (a remote filesystem, a
+    non-Linux system, a filesystem without ``RENAME_EXCHANGE``); nothing is changed then.
+    """
+    if not (is_local(a) and is_local(b)):
+        return False
+    return _renameat2_exchange(local_path(a), local_path(b))
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,20 @@ Readers must never see a half-written night (DESIGN §4.5):
 1. Spark writes the night into ``<table>/_staging/run_date=<date>-<run_id>/`` (names
    starting with ``_`` are invisible to Spark, Hive, DuckDB and pyarrow partition
    discovery), then ``_manifest.json`` (hidden from readers, like ``_SUCCESS``) goes next to Spark's ``_SUCCESS``.
-2. The staged directory is renamed to ``<table>/run_date=<date>`` — one directory rename.
-   A previous version of the same night is first renamed away into ``_replaced/`` and
-   deleted after the swap, so a re-run replaces that night and nothing else.
+2. The staged directory becomes ``<table>/run_date=<date>`` in one step: a rename, or,
+   when that night was published before, one ``renameat2(RENAME_EXCHANGE)`` that swaps
+   the staged and the published directory (Linux, local filesystems); the previous
+   version, now in ``_staging``, is then deleted. A re-run replaces that night and
+   nothing else.
 3. The table is (created if needed and) refreshed in the Spark SQL catalog.
 
 A run killed before step 2 leaves only a ``_staging`` directory that no reader sees; the
 next run of that night removes it. Every published partition holds ``_SUCCESS``.
+
+Where no atomic exchange exists (HDFS and other remote filesystems), the previous version
+is renamed into ``_replaced/`` just before the new one is renamed in. A run killed between
+those two renames leaves the night missing, not broken; the next run of that night puts
+the previous version back before it writes anything (:func:`restore_replaced`).
 """
 
 from __future__ import annotations
@@ -42,22 +49,40 @@ def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run
         raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
     staging = io.join(table_uri, "_staging", f"run_date={run_date}-{run_id}")
     final = partition_uri(table_uri, run_date)
+    restore_replaced(table_uri, run_date)
     for stale in io.list_dir(io.join(table_uri, "_staging")):
         if stale.startswith(f"run_date={run_date}-"):
             io.delete(io.join(table_uri, "_staging", stale))
     out = df.coalesce(files) if files else df
     out.write.mode("overwrite").parquet(staging)
     io.write_text(io.join(staging, "_manifest.json"), json.dumps(manifest, indent=2) + "\n")
-    replaced = None
-    if io.exists(final):
+    if not io.exists(final):
+        io.move(staging, final)
+    elif io.exchange(staging, final):
+        io.delete(staging)  # the previous version, swapped out
+    else:
         replaced = io.join(table_uri, "_replaced", f"run_date={run_date}-{run_id}")
         io.makedirs(io.join(table_uri, "_replaced"))
         io.move(final, replaced)
-    io.move(staging, final)
-    if replaced is not None:
+        io.move(staging, final)
         io.delete(replaced)
     log.info("published %s", final)
     return final
+
+
+def restore_replaced(table_uri: str, run_date: str) -> None:
+    """Undo a non-atomic swap cut short: the night's previous version, set aside in
+    ``_replaced/``, goes back in place if the night is missing; else it is removed."""
+    final = partition_uri(table_uri, run_date)
+    parked = io.join(table_uri, "_replaced")
+    for name in sorted(io.list_dir(parked)):
+        if not name.startswith(f"run_date={run_date}-"):
+            continue
+        if io.exists(final):
+            io.delete(io.join(parked, name))
+        else:
+            log.warning("restoring %s from %s (an earlier run stopped mid-swap)", final, name)
+            io.move(io.join(parked, name), final)
 
 
 def warm_catalog(spark: SparkSession, database: str) -> threading.Thread:

@@ -1,0 +1,103 @@
+"""Publishing a night (DESIGN §4.5): one step from staged to visible, even when killed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from recsys import io
+from recsys.publish.tables import publish_partition
+
+
+def _night(spark, table: Path, date: str, run_id: str, value: int) -> str:  # noqa: ANN001
+    df = spark.createDataFrame([(u, value) for u in range(5)], "user_id int, value int")
+    return publish_partition(spark, df, table_uri=str(table), run_date=date, run_id=run_id,
+                             manifest={"run_id": run_id}, files=1)
+
+
+def _values(night: Path) -> set[int]:
+    return set(pq.read_table(night).column("value").to_pylist())
+
+
+def _files(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): io.md5(str(p))
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_exchange_swaps_two_directories(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "y").write_text("from b")
+    assert io.exchange(str(a), str(b))
+    assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
+    assert not io.exchange("hdfs://namenode/a", str(b))  # remote: no atomic swap, untouched
+    assert [p.name for p in b.iterdir()] == ["x"]
+
+
+def test_a_rerun_replaces_only_its_night_and_leaves_nothing_behind(spark, tmp_path):
+    table = tmp_path / "t"
+    _night(spark, table, "2026-11-20", "r1", 1)
+    _night(spark, table, "2026-11-21", "r2", 2)
+    other = _files(table / "run_date=2026-11-20")
+    _night(spark, table, "2026-11-21", "r3", 3)
+    assert _values(table / "run_date=2026-11-21") == {3}
+    assert (table / "run_date=2026-11-21" / "_SUCCESS").is_file()
+    assert _files(table / "run_date=2026-11-20") == other
+    assert list((table / "_staging").iterdir()) == []
+    assert not (table / "_replaced").exists()
+
+
+def test_killed_right_after_the_swap_the_new_night_is_whole(spark, tmp_path, monkeypatch):
+    table = tmp_path / "t"
+    _night(spark, table, "2026-11-21", "r1", 1)
+    real_delete = io.delete
+
+    def killed(uri: str) -> None:
+        if "_staging" in uri and uri.rstrip("/").endswith("-r2"):
+            raise KeyboardInterrupt  # the process dies before removing the old version
+        real_delete(uri)
+
+    monkeypatch.setattr(io, "delete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _night(spark, table, "2026-11-21", "r2", 2)
+    monkeypatch.setattr(io, "delete", real_delete)
+    night = table / "run_date=2026-11-21"
+    assert _values(night) == {2} and (night / "_SUCCESS").is_file()
+    assert [p.name for p in (table / "_staging").iterdir()] == ["run_date=2026-11-21-r2"]
+    _night(spark, table, "2026-11-21", "r3", 3)  # the next run clears the leftover
+    assert _values(night) == {3}
+    assert list((table / "_staging").iterdir()) == []
+
+
+def test_without_an_atomic_swap_a_night_cut_mid_swap_is_restored_first(spark, tmp_path,
+                                                                        monkeypatch):
+    table = tmp_path / "t"
+    _night(spark, table, "2026-11-21", "r1", 1)
+    before = _files(table / "run_date=2026-11-21")
+    monkeypatch.setattr(io, "exchange", lambda a, b: False)  # e.g. HDFS
+    real_move = io.move
+
+    def killed(src: str, dst: str) -> None:
+        real_move(src, dst)
+        if "_replaced" in dst:
+            raise KeyboardInterrupt  # dies between setting the old night aside and the rename
+
+    monkeypatch.setattr(io, "move", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _night(spark, table, "2026-11-21", "r2", 2)
+    monkeypatch.setattr(io, "move", real_move)
+    night = table / "run_date=2026-11-21"
+    assert not night.exists()
+    # the next run puts the previous version back before anything else, even if it fails
+    broken = spark.createDataFrame([(1,)], "user_id int").selectExpr(
+        "user_id", "raise_error('disk full') as value")
+    with pytest.raises(Exception, match="disk full"):
+        publish_partition(spark, broken, table_uri=str(table), run_date="2026-11-21",
+                          run_id="r3", manifest={})
+    assert _files(night) == before
+    assert list((table / "_replaced").iterdir()) == []
+    _night(spark, table, "2026-11-21", "r4", 4)
+    assert _values(night) == {4}
