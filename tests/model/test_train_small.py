@@ -41,19 +41,19 @@ def _test_user_metrics(result, embed_users):
     return ranking_metrics(model, users.truth), ranking_metrics(popular, users.truth), users
 
 
-def test_loss_falls_and_test_users_get_far_better_than_chance_lists(trained):
+def test_loss_falls_and_test_users_get_better_lists_than_most_popular(trained):
     loss = trained.metrics["history"]["loss"]
     assert min(loss[1:]) < loss[0]
     val = trained.metrics["history"]["val_recall@20"]
     assert max(val[1:]) > val[0]
-    # Held-out *test* users: used neither in training nor for epoch selection. The
-    # comparison with most-popular is reported by `make bench-train-quality` (on this
-    # corpus the two are close; see BENCHMARKS.md), here only that the model learned.
+    # Held-out *test* users: used neither in training nor for epoch selection
+    # (`make bench-train-quality` measured 0.354 / 0.267 against 0.266 / 0.216).
     model, popular, users = _test_user_metrics(trained, trained.trained.user_embeddings)
     assert users.user_ids.size > 40
     chance = 50 / 9_742
     assert model["recall@50"] > 20 * chance
-    assert model["ndcg@100"] > 0.5 * popular["ndcg@100"]
+    assert model["recall@50"] > popular["recall@50"], (model, popular)
+    assert model["ndcg@100"] > popular["ndcg@100"], (model, popular)
 
 
 def test_artifacts_are_complete_and_checksummed(trained):
