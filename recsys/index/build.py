@@ -59,7 +59,7 @@ def read_movie_embeddings(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embed_histories(tower: UserTower, user_ids: np.ndarray, movie_ids: np.ndarray,
-                    ratings: np.ndarray, offsets: np.ndarray, batch_size: int = 256
+                    ratings: np.ndarray, offsets: np.ndarray, batch_size: int = 128
                     ) -> np.ndarray:
     """User embeddings from flat raw histories (CSR), through the exported tower.
 
@@ -67,7 +67,8 @@ def embed_histories(tower: UserTower, user_ids: np.ndarray, movie_ids: np.ndarra
     batch only as wide as its longest history (at most ``history_length``): the padded
     columns are masked anyway, and attention costs grow with the square of the width
     (measured on the full-scale corpus: 2.1x faster than batches of 4,096 at full width;
-    embeddings equal within 2e-7).
+    embeddings equal within 2e-7). Batches of 128 keep each layer's activations in cache:
+    8,192 real users took 1.06 s on one core, against 1.38 s in batches of 256.
     """
     dim = tower.info["embedding_dim"]
     out = np.zeros((user_ids.size, dim), np.float32)
