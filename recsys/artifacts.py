@@ -113,6 +113,19 @@ def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None
     io.write_text(io.join(run_dir, MANIFEST), manifest.to_json())
 
 
+@contextmanager
+def failure_recorded(run_dir: str, manifest: Manifest, *,
+                     only_if_started: bool = False) -> Iterator[None]:
+    """Any error inside marks the run failed (its manifest, no ``_SUCCESS``), then
+    propagates. ``only_if_started``: not when the run's directory was never created."""
+    try:
+        yield
+    except BaseException as exc:
+        if not only_if_started or io.exists(run_dir):
+            write_failed(run_dir, manifest, exc)
+        raise
+
+
 def commit(root: str, stage: str, run_dir: str, manifest: Manifest, config: Config) -> None:
     """Seal a run: config, checksummed manifest, ``_SUCCESS``, then the LATEST pointer."""
     io.write_text(io.join(run_dir, CONFIG), dump_toml(config))

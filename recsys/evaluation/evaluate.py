@@ -162,10 +162,10 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
     run_id = run_id or artifacts.new_run_id()
     run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
-    work = tempfile.mkdtemp(prefix="recsys-evaluate-")
-    out = os.path.join(work, "out")
-    os.makedirs(out)
-    try:
+    with artifacts.failure_recorded(run_dir, manifest), \
+            tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:
+        out = os.path.join(work, "out")
+        os.makedirs(out)
         train_dir = artifacts.resolve(root, "train", train_run)
         train_manifest = artifacts.verify(train_dir)
         preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
@@ -237,11 +237,6 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         manifest["report"] = io.join(run_dir, "report.md")
         manifest["headline"] = headline(results)
         artifacts.commit(root, STAGE, run_dir, manifest, config)
-    except BaseException as exc:
-        artifacts.write_failed(run_dir, manifest, exc)
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return EvaluateResult(run_dir, manifest, results)
 
 

@@ -146,13 +146,8 @@ def run_preprocess(spark: SparkSession, config: Config, *, run_id: str | None = 
     run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     out = lambda name: io.join(run_dir, name)  # noqa: E731
-    try:
-        result = _preprocess(spark, config, root, run_dir, manifest, out)
-    except Exception as exc:
-        if io.exists(run_dir):
-            artifacts.write_failed(run_dir, manifest, exc)
-        raise
-    return result
+    with artifacts.failure_recorded(run_dir, manifest, only_if_started=True):
+        return _preprocess(spark, config, root, run_dir, manifest, out)
 
 
 def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult:  # noqa: ANN001

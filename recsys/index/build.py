@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -122,8 +121,8 @@ def run_index(config: Config, *, run_id: str | None = None,
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"train_run": train_manifest["run_id"], "train_dir": train_dir,
                           "model_version": train_manifest["run_id"]}
-    stage = tempfile.mkdtemp(prefix="recsys-index-")
-    try:
+    with artifacts.failure_recorded(run_dir, manifest), \
+            tempfile.TemporaryDirectory(prefix="recsys-index-") as stage:
         with manifest.timed("load"):
             emb, ids = read_movie_embeddings(train_dir)
             tower = load_user_tower(io.local_copy(train_dir, os.path.join(stage, "train")))
@@ -169,9 +168,4 @@ def run_index(config: Config, *, run_id: str | None = None,
                              os.path.join(stage, "out", SIMILAR, "part-00000.parquet"))
             io.copy_from_local(os.path.join(stage, "out"), run_dir)
         artifacts.commit(root, STAGE, run_dir, manifest, config)
-    except BaseException as exc:
-        artifacts.write_failed(run_dir, manifest, exc)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return IndexResult(run_dir, manifest, recall)

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -279,8 +278,8 @@ def run_train(config: Config, *, run_id: str | None = None,
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"preprocess_run": artifacts.read_manifest(source)["run_id"],
                           "preprocess_dir": source}
-    stage = tempfile.mkdtemp(prefix="recsys-train-")
-    try:
+    with artifacts.failure_recorded(run_dir, manifest), \
+            tempfile.TemporaryDirectory(prefix="recsys-train-") as stage:
         with manifest.timed("load_inputs"):
             catalog, splits, histories = load_inputs(config, source)
         with manifest.timed("fit"):
@@ -309,9 +308,4 @@ def run_train(config: Config, *, run_id: str | None = None,
             _write_outputs(stage, trained, config, run_id, metrics)
             io.copy_from_local(stage, run_dir)
         artifacts.commit(root, STAGE, run_dir, manifest, config)
-    except BaseException as exc:
-        artifacts.write_failed(run_dir, manifest, exc)
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return TrainResult(run_dir, manifest, metrics, trained)

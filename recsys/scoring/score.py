@@ -114,7 +114,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
     run_date = run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
-    try:
+    with artifacts.failure_recorded(run_dir, manifest):
         with manifest.timed("check_artifacts"):
             train_dir, index_dir, model_version = check_artifacts(
                 root, train_run=train_run, index_run=index_run)
@@ -162,7 +162,4 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                               for k, v in tables.items()}
         manifest["table_root"] = table_root
         artifacts.commit(root, STAGE, run_dir, manifest, config)
-    except BaseException as exc:
-        artifacts.write_failed(run_dir, manifest, exc)
-        raise
     return ScoreResult(run_dir, manifest, tables)

@@ -4,7 +4,6 @@ manifest, or fails the run with a clear message."""
 from __future__ import annotations
 
 import pytest
-from pyspark.sql import functions as F
 
 from recsys import artifacts, io
 from recsys.data.errors import HeaderError, InputFileError, RejectThresholdError

@@ -1,0 +1,48 @@
+"""Stage runs: a failure is recorded next to what the run wrote; commit seals a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recsys import artifacts, io
+from recsys.config import Config
+
+
+def test_an_error_inside_a_run_is_recorded_and_propagates(tmp_path):
+    root = io.normalize_uri(tmp_path)
+    run_dir = artifacts.stage_dir(root, "train", "r1")
+    manifest = artifacts.Manifest("train", "r1", Config())
+    with pytest.raises(ValueError, match="bad embeddings"):
+        with artifacts.failure_recorded(run_dir, manifest):
+            raise ValueError("bad embeddings")
+    written = json.loads((tmp_path / "train" / "r1" / artifacts.MANIFEST).read_text())
+    assert written["status"] == "failed"
+    assert written["error"] == "ValueError: bad embeddings"
+    assert not (tmp_path / "train" / "r1" / artifacts.SUCCESS).exists()
+    assert not (tmp_path / "train" / artifacts.LATEST).exists()
+
+
+def test_a_run_that_never_started_writing_leaves_nothing_when_asked(tmp_path):
+    run_dir = artifacts.stage_dir(io.normalize_uri(tmp_path), "preprocess", "r2")
+    manifest = artifacts.Manifest("preprocess", "r2", Config())
+    with pytest.raises(KeyboardInterrupt):
+        with artifacts.failure_recorded(run_dir, manifest, only_if_started=True):
+            raise KeyboardInterrupt
+    assert not (tmp_path / "preprocess").exists()
+
+
+def test_commit_seals_the_run_and_moves_latest(tmp_path):
+    root = io.normalize_uri(tmp_path)
+    run_dir = artifacts.stage_dir(root, "index", "r3")
+    io.write_text(io.join(run_dir, "data.txt"), "payload")
+    manifest = artifacts.Manifest("index", "r3", Config())
+    with artifacts.failure_recorded(run_dir, manifest):
+        artifacts.commit(root, "index", run_dir, manifest, Config())
+    assert artifacts.resolve(root, "index") == run_dir
+    sealed = json.loads((tmp_path / "index" / "r3" / artifacts.MANIFEST).read_text())
+    assert sealed["status"] == "succeeded"
+    outputs = {o["path"]: o["md5"] for o in sealed["outputs"]}
+    assert outputs == {"data.txt": io.md5(io.join(run_dir, "data.txt")), "config.toml":
+                       io.md5(io.join(run_dir, "config.toml"))}
