@@ -227,9 +227,16 @@ def md5(uri: str) -> str:
 
 
 def copy_to_local(uri: str, dest: str) -> str:
-    """Copy a file to a local path (used for release zips on remote storage)."""
+    """Copy a file or a directory tree to a local path (release zips on remote storage,
+    artifact directories)."""
     fs, path = _fs(uri)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            if entry.type == pafs.FileType.Directory:  # copy_files makes no directories
+                os.makedirs(os.path.join(dest, posixpath.relpath(entry.path, path)),
+                            exist_ok=True)
+        os.makedirs(dest, exist_ok=True)
     pafs.copy_files(path, os.path.abspath(dest), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())
     return dest

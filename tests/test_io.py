@@ -34,3 +34,14 @@ def test_files_round_trip(tmp_path):
 def test_missing_file_error(tmp_path):
     with pytest.raises(io.ArtifactIOError, match="file not found"):
         io.read_bytes(str(tmp_path / "none"))
+
+
+def test_copy_to_local_copies_a_nested_directory_tree(tmp_path):
+    src = tmp_path / "run" / "vocab"
+    (src / "movies").mkdir(parents=True)
+    (src / "movies" / "part-0.parquet").write_bytes(b"m")
+    (src / "genres.txt").write_text("Drama\n")
+    dest = tmp_path / "copy" / "vocab"
+    assert io.copy_to_local(io.normalize_uri(src), str(dest)) == str(dest)
+    assert (dest / "movies" / "part-0.parquet").read_bytes() == b"m"
+    assert (dest / "genres.txt").read_text() == "Drama\n"

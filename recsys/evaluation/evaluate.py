@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from pyspark.sql import SparkSession
 
 from recsys import artifacts, io
 from recsys.config import Config
+from recsys.csr import list_column
 from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
 from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k, recall_at_k,
@@ -119,32 +119,44 @@ def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
                      dest_root: str) -> None:
     """A preprocess run under ``dest_root`` whose training users keep only their
     random-split fit ratings (time order kept), for retraining the two-tower model."""
-    src = io.local_path(preprocess_dir)
     run = os.path.join(dest_root, "preprocess", "random-split")
     os.makedirs(run)
     for name in ("movies", "vocab", "splits"):
-        shutil.copytree(os.path.join(src, name), os.path.join(run, name))
-    hist = pq.read_table(os.path.join(src, "histories")).sort_by("user_id")
+        io.copy_to_local(io.join(preprocess_dir, name), os.path.join(run, name))
+    hist = io.read_parquet(io.join(preprocess_dir, "histories"))
     fit = protocol.fit
-    keep_users = np.isin(corpus.history.user_ids, fit.user_ids)
-    rows = []
-    fit_pos = {int(u): i for i, u in enumerate(fit.user_ids)}
-    for i, row in enumerate(hist.to_pylist()):
-        if keep_users[i]:
-            j = fit_pos[int(row["user_id"])]
-            lo, hi = fit.offsets[j], fit.offsets[j + 1]
-            wanted = set(corpus.movie_ids[fit.columns[lo:hi]].tolist())
-            picked = [t for t, m in enumerate(row["movie_ids"]) if m in wanted]
-            if not picked:
-                continue
-            for key in ("movie_ids", "ratings", "timestamps"):
-                row[key] = [row[key][t] for t in picked]
-            row["num_ratings"] = len(picked)
-            row["mean_rating"] = float(np.mean(row["ratings"]))
-        rows.append(row)
+    users = hist.column("user_id").to_numpy().astype(np.int64)
+    offsets, movies = list_column(hist.column("movie_ids"))
+    owner = np.repeat(np.arange(users.size), np.diff(offsets))
+    fit_keys = np.repeat(fit.user_ids.astype(np.int64), np.diff(fit.offsets)) << 32 \
+        | corpus.movie_ids[fit.columns].astype(np.int64)
+    in_fit = np.isin(users, fit.user_ids)
+    keep = ~in_fit[owner] | np.isin(users[owner] << 32 | movies.astype(np.int64), fit_keys)
+    counts = np.bincount(owner[keep], minlength=users.size)
+    rows = np.flatnonzero(~in_fit | (counts > 0))  # a fit user with nothing left is dropped
+    keep &= np.isin(owner, rows)
+    counts = counts[rows]
+    new_offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+
+    def kept(column: str) -> pa.ListArray:
+        _, values = list_column(hist.column(column))
+        return pa.ListArray.from_arrays(new_offsets, pa.array(values[keep]),
+                                        type=hist.schema.field(column).type)
+
+    ratings = list_column(hist.column("ratings"))[1][keep].astype(np.float64)
+    sums = np.bincount(np.repeat(np.arange(rows.size), counts), weights=ratings,
+                       minlength=rows.size)
+    table = pa.table({
+        "user_id": hist.column("user_id").take(rows),
+        "movie_ids": kept("movie_ids"),
+        "ratings": kept("ratings"),
+        "timestamps": kept("timestamps"),
+        "num_ratings": pa.array(counts, hist.schema.field("num_ratings").type),
+        "mean_rating": pa.array(sums / np.maximum(counts, 1),
+                                hist.schema.field("mean_rating").type),
+    }).select(hist.schema.names).cast(hist.schema)
     os.makedirs(os.path.join(run, "histories"))
-    pq.write_table(pa.Table.from_pylist(rows, schema=hist.schema),
-                   os.path.join(run, "histories", "part-00000.parquet"))
+    pq.write_table(table, os.path.join(run, "histories", "part-00000.parquet"))
     with open(os.path.join(run, artifacts.SUCCESS), "w"):
         pass
     with open(os.path.join(run, artifacts.MANIFEST), "w") as fh:
