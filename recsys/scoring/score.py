@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -134,27 +134,23 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
         table_root = cfg.table_root or io.join(root, "tables")
         tables: dict[str, str] = {}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
-        with manifest.timed("score_and_publish_recommendations"):
-            uri = io.join(table_root, cfg.recommendations_table)
-            catalog = warm_catalog(spark, cfg.database)  # while the workers score
-            publish_partition(spark, recommendations, table_uri=uri, run_date=run_date,
-                              run_id=run_id, manifest=published)
+
+        def publish(key: str, name: str, df: DataFrame, files: int | None = None) -> None:
+            uri = io.join(table_root, name)
+            publish_partition(spark, df, table_uri=uri, run_date=run_date, run_id=run_id,
+                              manifest=published, files=files)
             catalog.join()
-            tables["recommendations"] = register_table(
-                spark, database=cfg.database, name=cfg.recommendations_table, table_uri=uri)
+            tables[key] = register_table(spark, database=cfg.database, name=name,
+                                         table_uri=uri)
+
+        with manifest.timed("score_and_publish_recommendations"):
+            catalog = warm_catalog(spark, cfg.database)  # while the workers score
+            publish("recommendations", cfg.recommendations_table, recommendations)
         with manifest.timed("publish_user_embeddings"):
-            uri = io.join(table_root, cfg.user_embeddings_table)
-            publish_partition(spark, embeddings, table_uri=uri, run_date=run_date,
-                              run_id=run_id, manifest=published)
-            tables["user_embeddings"] = register_table(
-                spark, database=cfg.database, name=cfg.user_embeddings_table, table_uri=uri)
+            publish("user_embeddings", cfg.user_embeddings_table, embeddings)
         with manifest.timed("publish_similar_movies"):
-            uri = io.join(table_root, cfg.similar_movies_table)
-            similar = spark.read.parquet(io.join(index_dir, SIMILAR))
-            publish_partition(spark, similar.select("*", *stamp), table_uri=uri,
-                              run_date=run_date, run_id=run_id, manifest=published, files=1)
-            tables["similar_movies"] = register_table(
-                spark, database=cfg.database, name=cfg.similar_movies_table, table_uri=uri)
+            similar = spark.read.parquet(io.join(index_dir, SIMILAR)).select("*", *stamp)
+            publish("similar_movies", cfg.similar_movies_table, similar, files=1)
         with manifest.timed("count"):
             manifest["counts"] = {"users": scored.count(), "top_n": cfg.top_n}
         scored.unpersist()
