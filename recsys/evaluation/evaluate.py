@@ -134,23 +134,16 @@ def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
     keep = ~in_fit[owner] | np.isin(users[owner] << 32 | movies.astype(np.int64), fit_keys)
     counts = np.bincount(owner[keep], minlength=users.size)
     rows = np.flatnonzero(~in_fit | (counts > 0))  # a fit user with nothing left is dropped
-    keep &= np.isin(owner, rows)
     counts = counts[rows]
     new_offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-
-    def kept(column: str) -> pa.ListArray:
-        _, values = list_column(hist.column(column))
-        return pa.ListArray.from_arrays(new_offsets, pa.array(values[keep]),
-                                        type=hist.schema.field(column).type)
-
-    ratings = list_column(hist.column("ratings"))[1][keep].astype(np.float64)
-    sums = np.bincount(np.repeat(np.arange(rows.size), counts), weights=ratings,
-                       minlength=rows.size)
+    values = {"movie_ids": movies[keep],
+              **{c: list_column(hist.column(c))[1][keep] for c in ("ratings", "timestamps")}}
+    sums = np.bincount(np.repeat(np.arange(rows.size), counts),
+                       weights=values["ratings"].astype(np.float64), minlength=rows.size)
     table = pa.table({
         "user_id": hist.column("user_id").take(rows),
-        "movie_ids": kept("movie_ids"),
-        "ratings": kept("ratings"),
-        "timestamps": kept("timestamps"),
+        **{c: pa.ListArray.from_arrays(new_offsets, pa.array(v), type=hist.schema.field(c).type)
+           for c, v in values.items()},
         "num_ratings": pa.array(counts, hist.schema.field("num_ratings").type),
         "mean_rating": pa.array(sums / np.maximum(counts, 1),
                                 hist.schema.field("mean_rating").type),

@@ -134,6 +134,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
         table_root = cfg.table_root or io.join(root, "tables")
         tables: dict[str, str] = {}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
+        catalog = warm_catalog(spark, cfg.database)  # connects while the workers score
 
         def publish(key: str, name: str, df: DataFrame, files: int | None = None) -> None:
             uri = io.join(table_root, name)
@@ -144,7 +145,6 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                                          table_uri=uri)
 
         with manifest.timed("score_and_publish_recommendations"):
-            catalog = warm_catalog(spark, cfg.database)  # while the workers score
             publish("recommendations", cfg.recommendations_table, recommendations)
         with manifest.timed("publish_user_embeddings"):
             publish("user_embeddings", cfg.user_embeddings_table, embeddings)
