@@ -3,7 +3,9 @@
 ``history`` models export ``embed(movie_ids int64 [B, W], ratings float32 [B, W])``:
 left-padded raw MovieLens movie ids (0 = padding, most recent last) and their ratings;
 only the last ``history_length`` columns are read, and ids the model does not know are
-treated as padding. ``mf`` models export ``embed_users(user_ids int64 [B])``.
+treated as padding. The history tower is exported in its serving form
+(:class:`recsys.model.folded.FoldedHistoryTower`: the same function, cheaper to run).
+``mf`` models export ``embed_users(user_ids int64 [B])``.
 
 Beside the SavedModel, ``model.json`` records the kind, dimensions and the training run
 (the model version), which scoring checks before it trusts the files.
@@ -18,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from recsys.model.folded import FoldedHistoryTower
 
 SAVED_MODEL = "user_tower"
 MODEL_INFO = "model.json"
@@ -35,7 +39,7 @@ def _index_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
 class _HistoryExport(tf.Module):
     def __init__(self, tower: tf.keras.Model, movie_ids: np.ndarray) -> None:
         super().__init__()
-        self.tower = tower
+        self.tower = FoldedHistoryTower(tower)
         self.table = _index_table(movie_ids)
 
     @tf.function(input_signature=[
@@ -43,7 +47,7 @@ class _HistoryExport(tf.Module):
         tf.TensorSpec([None, None], tf.float32, name="ratings"),
     ])
     def embed(self, movie_ids, ratings):
-        return self.tower((self.table.lookup(movie_ids), ratings), training=False)
+        return self.tower((self.table.lookup(movie_ids), ratings))
 
 
 class _UserIdExport(tf.Module):
