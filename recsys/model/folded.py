@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from recsys.model.towers import HistoryUserTower
+from recsys.model.towers import HistoryUserTower, history_window, user_state
 
 keras = tf.keras
 _NEG = -1e9  # what Keras' masked softmax adds to masked float32 scores
@@ -84,32 +84,21 @@ class FoldedHistoryTower(tf.Module):
         return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
 
     def __call__(self, inputs) -> tf.Tensor:
-        movies, ratings = inputs
-        movies = movies[:, -self.history_length:]
-        ratings = tf.cast(ratings[:, -self.history_length:], tf.float32)
-        mask = movies > 0
-        weight = tf.cast(mask, tf.float32)
-        count = tf.reduce_sum(weight, axis=1)
-        # each column's rating is centred on the mean of the ratings up to it (causal)
-        mean = tf.cumsum(ratings * weight, axis=1) / tf.maximum(tf.cumsum(weight, axis=1), 1.0)
-        centred = tf.where(mask, ratings - mean, 0.0)[..., None]  # [B, W, 1]
-        x = tf.gather(self.x_table, movies) + centred * self.x_rating
-        c = centred[..., None]
-        q = tf.gather(self.q_table, movies) + c * self.q_rating  # [B, W, h, kd]
-        k = tf.gather(self.k_table, movies) + c * self.k_rating
-        v = tf.gather(self.v_table, movies) + c * self.v_rating
-        width = tf.shape(movies)[1]
-        causal = tf.cast(tf.linalg.band_part(tf.ones([width, width]), -1, 0), tf.bool)
-        allowed = mask[:, :, None] & mask[:, None, :] & causal[None]
+        w = history_window(inputs, self.history_length)
+        x = tf.gather(self.x_table, w.movies) + w.centred * self.x_rating
+        c = w.centred[..., None]
+        q = tf.gather(self.q_table, w.movies) + c * self.q_rating  # [B, W, h, kd]
+        k = tf.gather(self.k_table, w.movies) + c * self.k_rating
+        v = tf.gather(self.v_table, w.movies) + c * self.v_rating
         scores = tf.einsum("bqhk,bshk->bhqs", q, k)
-        scores += (1.0 - tf.cast(allowed, tf.float32))[:, None] * _NEG
+        scores += (1.0 - tf.cast(w.allowed, tf.float32))[:, None] * _NEG
         attended = tf.einsum("bhqs,bshk->bqhk", tf.nn.softmax(scores, axis=-1), v)
         y = x + tf.einsum("bqhk,hkd->bqd", attended, self.out_kernel) + self.out_bias
         mu, var = tf.nn.moments(y, axes=[-1], keepdims=True)
         y = (y - mu) * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
-        pooled = tf.reduce_sum(y * weight[..., None], axis=1) / tf.maximum(count, 1.0)[:, None]
-        state = tf.concat([pooled, mean[:, -1:] / 5.0, tf.math.log1p(count)[:, None] / 5.0],
-                          axis=-1)
+        count = w.count[:, -1]  # only the last column's state is needed
+        pooled = tf.reduce_sum(y * w.weight[..., None], axis=1) / tf.maximum(count, 1.0)[:, None]
+        state = user_state(pooled, w.mean[:, -1], count)
         for kernel, bias, relu in self.head:
             state = tf.matmul(state, kernel) + bias
             if relu:

@@ -15,6 +15,8 @@ Inputs are model indices (see :mod:`recsys.model.inputs`); 0 is padding.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -41,6 +43,38 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(values * mask, axis=1)
     count = tf.reduce_sum(mask, axis=1)
     return total / tf.maximum(count, 1.0)
+
+
+class HistoryWindow(NamedTuple):
+    movies: tf.Tensor  # int [B, W]: the last history_length columns, 0 = padding
+    weight: tf.Tensor  # float [B, W]: 1 where a column holds a rating
+    count: tf.Tensor  # float [B, W]: ratings in columns <= j
+    mean: tf.Tensor  # float [B, W]: mean rating of columns <= j
+    centred: tf.Tensor  # float [B, W, 1]: each rating minus the mean up to it (0 on padding)
+    allowed: tf.Tensor  # bool [B, W, W]: column q may attend to column s (both real, s <= q)
+
+
+def history_window(inputs, history_length: int) -> HistoryWindow:
+    """What the history tower derives from (movies, ratings) before any weight is applied:
+    shared by the Keras tower and its serving form (:mod:`recsys.model.folded`)."""
+    movies, ratings = inputs
+    movies = movies[:, -history_length:]
+    ratings = tf.cast(ratings[:, -history_length:], tf.float32)
+    mask = movies > 0
+    weight = tf.cast(mask, tf.float32)
+    count = tf.cumsum(weight, axis=1)
+    mean = tf.cumsum(ratings * weight, axis=1) / tf.maximum(count, 1.0)
+    centred = tf.where(mask, ratings - mean, 0.0)[..., None]
+    width = tf.shape(movies)[1]
+    causal = tf.cast(tf.linalg.band_part(tf.ones([width, width]), -1, 0), tf.bool)
+    allowed = mask[:, :, None] & mask[:, None, :] & causal[None]
+    return HistoryWindow(movies, weight, count, mean, centred, allowed)
+
+
+def user_state(pooled: tf.Tensor, mean: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """The head's input: pooled attention output, mean rating and log rating count."""
+    return tf.concat([pooled, mean[..., None] / 5.0, tf.math.log1p(count)[..., None] / 5.0],
+                     axis=-1)
 
 
 class HistoryUserTower(keras.Model):
@@ -75,24 +109,12 @@ class HistoryUserTower(keras.Model):
         window gives the query for every target in it, and no target can see itself or
         anything later.
         """
-        movies, ratings = inputs
-        movies = movies[:, -self.history_length:]
-        ratings = tf.cast(ratings[:, -self.history_length:], tf.float32)
-        mask = movies > 0
-        weight = tf.cast(mask, tf.float32)
-        count = tf.cumsum(weight, axis=1)
-        denom = tf.maximum(count, 1.0)
-        mean = tf.cumsum(ratings * weight, axis=1) / denom
-        centred = tf.where(mask, ratings - mean, 0.0)
-        x = self.project(tf.concat([self.movie_embedding(movies), centred[..., None]], axis=-1))
+        w = history_window(inputs, self.history_length)
+        x = self.project(tf.concat([self.movie_embedding(w.movies), w.centred], axis=-1))
         x = self.dropout(x, training=training)
-        width = tf.shape(movies)[1]
-        causal = tf.cast(tf.linalg.band_part(tf.ones([width, width]), -1, 0), tf.bool)
-        pair_mask = mask[:, :, None] & mask[:, None, :] & causal[None]
-        x = self.norm(x + self.attention(x, x, attention_mask=pair_mask, training=training))
-        pooled = tf.cumsum(x * weight[..., None], axis=1) / denom[..., None]
-        return tf.concat([pooled, mean[..., None] / 5.0, tf.math.log1p(count)[..., None] / 5.0],
-                         axis=-1)
+        x = self.norm(x + self.attention(x, x, attention_mask=w.allowed, training=training))
+        pooled = tf.cumsum(x * w.weight[..., None], axis=1) / tf.maximum(w.count, 1.0)[..., None]
+        return user_state(pooled, w.mean, w.count)
 
     def call(self, inputs, training: bool = False) -> tf.Tensor:
         """The user after the whole (left-padded) history: the last column's state."""
