@@ -135,8 +135,8 @@ class TwoTower:
 
     def __init__(self, train_dir: str, catalog: np.ndarray, workdir: str) -> None:
         from recsys import io
-        from recsys.index.build import embed_histories, read_movie_embeddings
-        from recsys.model.export import load_user_tower
+        from recsys.index.build import read_movie_embeddings
+        from recsys.model.serving import embed_histories, load_user_tower
 
         self._embed = embed_histories
         self.tower = load_user_tower(io.local_copy(train_dir, workdir))

@@ -28,7 +28,7 @@ from recsys import artifacts, io
 from recsys.config import Config
 from recsys.index.searcher import MovieSearcher, recall_at_k, scann_settings
 from recsys.index.similar import SIMILAR, nearest_movies, similar_table
-from recsys.model.export import UserTower, load_user_tower
+from recsys.model.serving import embed_histories, load_user_tower
 from recsys.model.inputs import UserChunk, windows
 
 log = logging.getLogger(__name__)
@@ -55,36 +55,6 @@ def read_movie_embeddings(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
     if values.size != ids.size * dim:
         raise artifacts.ArtifactError(f"{train_dir}/movie_embeddings has ragged embeddings")
     return values.reshape(ids.size, dim), ids
-
-
-def embed_histories(tower: UserTower, user_ids: np.ndarray, movie_ids: np.ndarray,
-                    ratings: np.ndarray, offsets: np.ndarray, batch_size: int = 128
-                    ) -> np.ndarray:
-    """User embeddings from flat raw histories (CSR), through the exported tower.
-
-    History models see users in order of history length, ``batch_size`` at a time, each
-    batch only as wide as its longest history (at most ``history_length``): the padded
-    columns are masked anyway, and attention costs grow with the square of the width
-    (measured on the full-scale corpus: 2.1x faster than batches of 4,096 at full width;
-    embeddings equal within 2e-7). Batches of 128 keep each layer's activations in cache:
-    8,192 real users took 1.06 s on one core, against 1.38 s in batches of 256 (before the
-    folded serving form; folded: 0.64 s, and batches of 64 or 256 no faster).
-    """
-    dim = tower.info["embedding_dim"]
-    out = np.zeros((user_ids.size, dim), np.float32)
-    if tower.kind != "history":
-        for start in range(0, user_ids.size, batch_size):
-            out[start:start + batch_size] = tower.embed_users(user_ids[start:start + batch_size])
-        return out
-    length = int(tower.info["history_length"])
-    lengths = np.minimum(np.diff(offsets), length)
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, user_ids.size, batch_size):
-        rows = order[start:start + batch_size]
-        width = max(1, int(lengths[rows].max()))
-        m, r = windows(movie_ids, ratings, offsets[rows], offsets[rows + 1], width)
-        out[rows] = tower.embed(m, r)
-    return out
 
 
 def sample_users(histories_uri: str, n: int, seed: int) -> UserChunk:

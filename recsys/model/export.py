@@ -7,24 +7,24 @@ treated as padding. The history tower is exported in its serving form
 (:class:`recsys.model.folded.FoldedHistoryTower`: the same function, cheaper to run).
 ``mf`` models export ``embed_users(user_ids int64 [B])``.
 
-Beside the SavedModel, ``model.json`` records the kind, dimensions and the training run
-(the model version), which scoring checks before it trusts the files.
+Beside the SavedModel, history models get ``user_tower.npz`` (the same serving form as
+plain arrays, computed in NumPy by :mod:`recsys.model.serving`, which is what scoring
+loads: no TensorFlow in the Spark workers), and ``model.json`` records the kind,
+dimensions and the training run (the model version), which scoring checks before it
+trusts the files. Loading is :func:`recsys.model.serving.load_user_tower`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from recsys.model.folded import FoldedHistoryTower
-
-SAVED_MODEL = "user_tower"
-MODEL_INFO = "model.json"
+from recsys.model.serving import MODEL_INFO, SAVED_MODEL, SERVING_ARRAYS
 
 
 def _index_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
@@ -63,13 +63,18 @@ class _UserIdExport(tf.Module):
 
 def save_user_tower(directory: str, tower: tf.keras.Model, *, kind: str, ids: np.ndarray,
                     info: dict[str, Any]) -> None:
-    """Write ``<directory>/user_tower`` (SavedModel) and ``<directory>/model.json``.
+    """Write ``<directory>/user_tower`` (SavedModel), for history models
+    ``<directory>/user_tower.npz`` (NumPy serving form), and ``<directory>/model.json``.
 
     ``ids`` are the raw movie ids by model index (history) or user ids by user index (mf).
     """
+    os.makedirs(directory, exist_ok=True)
     if kind == "history":
-        module: tf.Module = _HistoryExport(tower, ids)
-        signatures = {"serving_default": module.embed}
+        history = _HistoryExport(tower, ids)
+        module: tf.Module = history
+        signatures = {"serving_default": history.embed}
+        np.savez(os.path.join(directory, SERVING_ARRAYS), **history.tower.arrays(),
+                 movie_ids=np.asarray(ids, np.int64))
     else:
         module = _UserIdExport(tower, ids)
         signatures = {"serving_default": module.embed_users}
@@ -77,36 +82,3 @@ def save_user_tower(directory: str, tower: tf.keras.Model, *, kind: str, ids: np
     with open(os.path.join(directory, MODEL_INFO), "w", encoding="utf-8") as fh:
         json.dump({"kind": kind, **info}, fh, indent=2)
         fh.write("\n")
-
-
-@dataclass
-class UserTower:
-    """A loaded user tower: call :meth:`embed` with left-padded numpy histories."""
-
-    info: dict[str, Any]
-    module: Any
-
-    @property
-    def kind(self) -> str:
-        return self.info["kind"]
-
-    def embed(self, movie_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-        if self.kind != "history":
-            raise TypeError(f"this is a '{self.kind}' model: call embed_users(user_ids)")
-        return self.module.embed(tf.constant(movie_ids, tf.int64),
-                                 tf.constant(ratings, tf.float32)).numpy()
-
-    def embed_users(self, user_ids: np.ndarray) -> np.ndarray:
-        if self.kind != "mf":
-            raise TypeError(f"this is a '{self.kind}' model: call embed(movie_ids, ratings)")
-        return self.module.embed_users(tf.constant(user_ids, tf.int64)).numpy()
-
-
-def load_user_tower(directory: str) -> UserTower:
-    """Load what :func:`save_user_tower` wrote (a local directory)."""
-    info_path = os.path.join(directory, MODEL_INFO)
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no {MODEL_INFO} in {directory}: not an exported user tower")
-    with open(info_path, encoding="utf-8") as fh:
-        info = json.load(fh)
-    return UserTower(info, tf.saved_model.load(os.path.join(directory, SAVED_MODEL)))

@@ -13,7 +13,8 @@ Measured on the full-scale corpus (64-d, 2 heads, L = 50, 8,192 real users, one 
 1.05 s through the Keras tower, 0.64 s folded; largest difference 2.5e-7.
 
 This form is inference-only (no dropout, no per-column outputs); training uses the
-Keras tower. :func:`recsys.model.export.save_user_tower` exports this form.
+Keras tower. :func:`recsys.model.export.save_user_tower` exports this form, both as a
+SavedModel and as plain arrays that :mod:`recsys.model.serving` computes with in NumPy.
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ class FoldedHistoryTower(tf.Module):
             k, b = _weights(dense, f"head layer {i}")
             self.head.append((self._constant(k, f"head_{i}_kernel"),
                               self._constant(b, f"head_{i}_bias"), activation == "relu"))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """This form as plain arrays: what ``user_tower.npz`` holds and
+        :class:`recsys.model.serving.NumpyHistoryTower` computes with (without TensorFlow)."""
+        names = {"x_table": self.x_table, "x_rating": self.x_rating,
+                 "q_table": self.q_table, "q_rating": self.q_rating,
+                 "k_table": self.k_table, "k_rating": self.k_rating,
+                 "v_table": self.v_table, "v_rating": self.v_rating,
+                 "out_kernel": self.out_kernel, "out_bias": self.out_bias,
+                 "norm_gamma": self.gamma, "norm_beta": self.beta}
+        out = {name: var.numpy() for name, var in names.items()}
+        for i, (kernel, bias, _) in enumerate(self.head):
+            out[f"head_{i}_kernel"], out[f"head_{i}_bias"] = kernel.numpy(), bias.numpy()
+        out["head_relu"] = np.array([relu for _, _, relu in self.head], bool)
+        out["history_length"] = np.array(self.history_length, np.int64)
+        out["normalize"] = np.array(self.normalize)
+        out["epsilon"] = np.array(self.epsilon, np.float32)
+        return out
 
     @staticmethod
     def _constant(value: np.ndarray, name: str) -> tf.Variable:

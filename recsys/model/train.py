@@ -4,6 +4,8 @@ Reads the preprocess run (histories, movie table, vocabularies, splits) and writ
 ``<root>/train/<run_id>/``::
 
     user_tower/              SavedModel: raw history arrays -> user embedding (see export)
+    user_tower.npz           history models: the same tower as arrays, which scoring
+                             computes in NumPy (see serving)
     model.json               kind, dimensions, history length, model_version (= run id)
     movie_embeddings/        Parquet: movie_id int, embedding array<float>
     vocab/movies.parquet     movie_id, index (model index), train_ratings

@@ -22,14 +22,10 @@ import numpy as np
 from recsys import io
 from recsys.csr import ranges
 from recsys.index.searcher import MovieSearcher
-from recsys.model.export import MODEL_INFO, SAVED_MODEL, UserTower, load_user_tower
-
-
-def _embed(tower: UserTower, user_ids: np.ndarray, offsets: np.ndarray, movie_ids: np.ndarray,
-           ratings: np.ndarray) -> np.ndarray:
-    from recsys.index.build import embed_histories
-
-    return embed_histories(tower, user_ids, movie_ids, ratings, offsets)
+from recsys.model.serving import (
+    MODEL_INFO, SAVED_MODEL, SERVING_ARRAYS, UserTower, embed_histories, load_user_tower,
+    serving_form,
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
               ratings: np.ndarray, n: int, max_scann_depth: int = 1024) -> Recommendations:
     """Top-``n`` unrated movies for users whose raw histories are CSR (``offsets``)."""
     users = user_ids.size
-    emb = _embed(tower, user_ids, offsets, movie_ids, ratings)
+    emb = embed_histories(tower, user_ids, movie_ids, ratings, offsets)
     catalog = exact.size
     n = min(n, catalog)
     out_ids = np.zeros((users, n), np.int64)
@@ -105,17 +101,18 @@ def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
 
 # ---------------------------------------------------------------------------- worker cache
 
-def use_task_cores() -> None:
+def _tensorflow_task_threads() -> None:
     """Size TensorFlow's thread pools to the cores Spark gave this task (``spark.task.cpus``,
     1 by default), so that one Python worker per core does not oversubscribe the machine.
-    Only effective before TensorFlow's first operation in this process."""
+    Only needed for a user tower loaded as a SavedModel (models exported before the NumPy
+    serving form, or ``mf``); only effective before TensorFlow's first operation."""
     from pyspark import TaskContext
 
     import tensorflow as tf
 
     context = TaskContext.get()
     cores = context.cpus() if context is not None else 0
-    if cores > 0 and not _LOADED:
+    if cores > 0:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(cores)
             tf.config.threading.set_inter_op_parallelism_threads(cores)
@@ -139,12 +136,15 @@ def load_scoring_artifacts(train_dir: str, index_dir: str
         if key not in _LOADED:
             tmp = tempfile.mkdtemp(prefix="recsys-score-")
             model_dir = os.path.join(tmp, "model")
+            form = serving_form(train_dir)
+            if form == "savedmodel":
+                _tensorflow_task_threads()
             if io.is_local(train_dir):
                 model_dir = io.local_path(train_dir)
-            else:
-                io.local_copy(io.join(train_dir, SAVED_MODEL), model_dir)
-                io.local_copy(io.join(train_dir, MODEL_INFO), model_dir)
-            tower = load_user_tower(model_dir)
+            else:  # only what the loader will read (not the SavedModel beside the arrays)
+                for name in (MODEL_INFO, SERVING_ARRAYS if form == "numpy" else SAVED_MODEL):
+                    io.local_copy(io.join(train_dir, name), model_dir)
+            tower = load_user_tower(model_dir, form=form)
             scann = MovieSearcher.load(io.local_copy(io.join(index_dir, "scann"), tmp))
             exact = MovieSearcher.load(io.local_copy(io.join(index_dir, "exact"), tmp))
             _LOADED[key] = (tower, scann, exact)

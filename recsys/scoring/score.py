@@ -78,10 +78,9 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
 
 def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: int):
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import recsys  # noqa: F401  (TensorFlow environment on the worker)
-        from recsys.scoring.recommend import load_scoring_artifacts, recommend, use_task_cores
+        import recsys  # noqa: F401  (the worker's environment, set before any TensorFlow)
+        from recsys.scoring.recommend import load_scoring_artifacts, recommend
 
-        use_task_cores()
         tower, scann, exact = load_scoring_artifacts(train_dir, index_dir)
         for batch in batches:
             if batch.num_rows == 0:

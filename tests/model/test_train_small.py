@@ -16,7 +16,8 @@ from recsys import artifacts, io
 from recsys.config import ModelConfig, TrainConfig
 from recsys.evaluation.metrics import most_popular_scores, ranking_metrics, top_k_exact
 from recsys.model.examples import TEST, held_out_users
-from recsys.model.export import load_user_tower, save_user_tower
+from recsys.model.export import save_user_tower
+from recsys.model.serving import load_user_tower
 from recsys.model.inputs import pad_histories, windows
 from recsys.model.train import run_train
 from tests.conftest import REPO
@@ -89,8 +90,11 @@ def test_saved_model_takes_raw_histories_and_round_trips_exactly(trained, tmp_pa
     in_memory = t.model.user_tower((m, r)).numpy()
     raw = np.where(m > 0, t.catalog.id_of(np.maximum(m, 1)), 0)
     loaded = load_user_tower(io.local_path(trained.run_dir))
+    assert loaded.form == "numpy"  # what scoring loads; the SavedModel gives the same
     exported = loaded.embed(raw, r)
     np.testing.assert_allclose(exported, in_memory, rtol=0, atol=1e-5)
+    saved = load_user_tower(io.local_path(trained.run_dir), form="savedmodel").embed(raw, r)
+    np.testing.assert_allclose(saved, in_memory, rtol=0, atol=1e-5)
     # exporting the same tower again gives bit-identical embeddings
     save_user_tower(str(tmp_path), t.model.user_tower, kind="history",
                     ids=t.catalog.movie_ids, info=loaded.info | {"copy": True})

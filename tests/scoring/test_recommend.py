@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from recsys.config import ModelConfig
 from recsys.index.searcher import MovieSearcher, scann_settings
-from recsys.model.export import load_user_tower, save_user_tower
+from recsys.model.export import save_user_tower
+from recsys.model.serving import load_user_tower
 from recsys.model.inputs import MovieCatalog
 from recsys.model.towers import HistoryUserTower
 from recsys.scoring.recommend import drop_seen, recommend
@@ -87,7 +88,7 @@ def test_n_larger_than_the_unrated_catalog_is_capped_at_the_catalog(parts):
 
 
 def test_length_sorted_narrow_batches_embed_like_full_width_windows(parts):
-    from recsys.index.build import embed_histories
+    from recsys.model.serving import embed_histories
     from recsys.model.inputs import windows
 
     tower, _, ids, _, _ = parts
