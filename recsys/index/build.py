@@ -28,8 +28,8 @@ from recsys import artifacts, io
 from recsys.config import Config
 from recsys.index.searcher import MovieSearcher, recall_at_k, scann_settings
 from recsys.index.similar import SIMILAR, nearest_movies, similar_table
+from recsys.model.inputs import UserChunk
 from recsys.model.serving import embed_histories, load_user_tower
-from recsys.model.inputs import UserChunk, windows
 
 log = logging.getLogger(__name__)
 STAGE = "index"
