@@ -169,24 +169,23 @@ class UserTower:
         return self.module.embed_users(tf.constant(user_ids, tf.int64)).numpy()
 
 
-def serving_form(train_dir: str) -> str:
-    """``"numpy"`` or ``"savedmodel"``: what :func:`load_user_tower` (``form="auto"``) will
-    load from the train run at ``train_dir`` (any URI), known before anything is read."""
+def _model_info(train_dir: str) -> dict[str, Any]:
     info_uri = io.join(train_dir, MODEL_INFO)
     if not io.exists(info_uri):
         raise FileNotFoundError(f"no {MODEL_INFO} in {train_dir}: not an exported user tower")
-    info = json.loads(io.read_text(info_uri))
+    return json.loads(io.read_text(info_uri))
+
+
+def _auto_form(info: dict[str, Any], train_dir: str) -> str:
     if info.get("kind") == "history" and io.exists(io.join(train_dir, SERVING_ARRAYS)):
         return "numpy"
     return "savedmodel"
 
 
-def read_model_info(directory: str) -> dict[str, Any]:
-    info_path = os.path.join(directory, MODEL_INFO)
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no {MODEL_INFO} in {directory}: not an exported user tower")
-    with open(info_path, encoding="utf-8") as fh:
-        return json.load(fh)
+def serving_form(train_dir: str) -> str:
+    """``"numpy"`` or ``"savedmodel"``: what :func:`load_user_tower` (``form="auto"``) will
+    load from the train run at ``train_dir`` (any URI), known before anything is read."""
+    return _auto_form(_model_info(train_dir), train_dir)
 
 
 def load_user_tower(directory: str, *, form: str = "auto") -> UserTower:
@@ -197,14 +196,14 @@ def load_user_tower(directory: str, *, form: str = "auto") -> UserTower:
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    info = read_model_info(directory)
-    arrays = os.path.join(directory, SERVING_ARRAYS)
-    if form != "savedmodel" and info.get("kind") == "history" and os.path.isfile(arrays):
-        return UserTower(info, NumpyHistoryTower.load(arrays))
-    if form == "numpy":
+    info = _model_info(directory)
+    available = _auto_form(info, directory)
+    if form == "numpy" and available != "numpy":
         raise FileNotFoundError(
             f"no {SERVING_ARRAYS} in {directory}: only history models exported by this "
             "version have a NumPy form (load the SavedModel with form='savedmodel')")
+    if form != "savedmodel" and available == "numpy":
+        return UserTower(info, NumpyHistoryTower.load(os.path.join(directory, SERVING_ARRAYS)))
     import tensorflow as tf
 
     return UserTower(info, tf.saved_model.load(os.path.join(directory, SAVED_MODEL)))
