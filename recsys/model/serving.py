@@ -10,7 +10,7 @@
 
 :func:`load_user_tower` takes the NumPy form when it is there, so a Spark Python worker
 that scores users never imports TensorFlow: on this project's 2-core machine that import
-takes 3.4–3.5 s and about 550 MB of memory in every worker (measured with
+takes 3.4–3.5 s and 590 MB peak RSS in every worker (measured with
 ``/usr/bin/time python -c "import tensorflow"``), for a function that is a few gathers
 and small matrix products. The SavedModel stays the reference: tests check that both
 forms give the same embeddings. This module imports TensorFlow only to load a SavedModel.
