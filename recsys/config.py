@@ -109,6 +109,14 @@ class TrainConfig:
     targets_per_window: int = 32
     #: Only ratings >= this are training targets; 0 keeps every rating (the default).
     min_target_rating: float = 0.0
+    #: What a row teaches the history tower (README "Training objectives"):
+    #: "next_item" (DESIGN §5) predicts each target from the ratings before it only;
+    #: "held_out_set" hides a random share of the user's candidate targets from the row's
+    #: window and predicts them from the rest, earlier and later ratings alike (the shape of
+    #: the held-out-users protocol, DESIGN §6; not causal).
+    objective: str = "next_item"
+    #: held_out_set: the share of a user's candidate targets each row hides (at least one).
+    set_holdout_fraction: float = 0.2
     #: Users read from the histories Parquet per chunk; examples are shuffled per chunk.
     users_per_chunk: int = 8192
     #: In-batch softmax corrections (DESIGN §5).

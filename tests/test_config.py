@@ -12,8 +12,11 @@ def test_defaults_match_default_toml():
     embedded ~100K-rating corpus (the dataclass defaults are sized for 25M ratings)."""
     small = load_config(REPO_CONF / "default.toml")
     assert small.replace(model=Config().model, train=Config().train) == Config()
-    assert (small.model.history_length, small.train.min_target_rating) == (200, 4.0)
+    assert (small.model.history_length, small.train.min_target_rating) == (100, 4.0)
     assert small.model.kind == Config().model.kind == "history"
+    # the small corpus trains on the held-out-set objective; the full-scale default stays
+    # the causal next-item objective of DESIGN §5
+    assert (small.train.objective, Config().train.objective) == ("held_out_set", "next_item")
 
 
 def test_prod_toml_loads():

@@ -14,6 +14,18 @@ Which ratings may be targets:
   *input* ratings (everything but their hold-out set) are targets too: the fold-in of
   Liang et al. 2018. Their hold-out ratings never are.
 
+The ``history`` model has two training objectives (``train.objective``):
+
+* ``next_item`` (the default, DESIGN §5) — as above: each target is predicted from the
+  ratings before it, so nothing at or after ``t`` is ever in its history.
+* ``held_out_set`` — each row hides a random share (``train.set_holdout_fraction``, at
+  least one) of a training user's candidate targets and predicts them from the user's
+  other ratings, earlier *and later* ones: the last ``history_length`` of what is left.
+  This is the shape of the held-out-users protocol (DESIGN §6: a random 20% of a user's
+  positives predicted from the other 80%), and it gives up the causal rule above on
+  purpose; a hidden rating is never in its own row's window, and each user's last rating
+  is still never a target nor an input (the temporal protocol predicts it).
+
 Cost is bounded: each epoch draws at most ``examples_per_user`` targets per user, chunk
 by chunk (``users_per_chunk`` users read from Parquet at a time), so memory holds one
 chunk of histories and its examples, never every prefix of the corpus.
@@ -37,6 +49,7 @@ from recsys.model.inputs import PAD, MovieCatalog, UserChunk, windows
 log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = (ROLES.index(r) for r in ("train", "validation", "test"))
+OBJECTIVES = ("next_item", "held_out_set")
 UNKNOWN_ROLE = -1
 
 
@@ -145,6 +158,15 @@ class ExampleStream:
                  model: ModelConfig, train: TrainConfig) -> None:
         if model.kind not in ("history", "mf"):
             raise ValueError(f"model.kind must be 'history' or 'mf', got {model.kind!r}")
+        if train.objective not in OBJECTIVES:
+            raise ValueError(f"train.objective must be one of {OBJECTIVES}, "
+                             f"got {train.objective!r}")
+        if train.objective == "held_out_set" and model.kind != "history":
+            raise ValueError("train.objective = 'held_out_set' needs model.kind = 'history' "
+                             f"(got {model.kind!r}); the mf model trains on its users' ids")
+        if not 0.0 < train.set_holdout_fraction < 1.0:
+            raise ValueError("train.set_holdout_fraction must be in (0, 1), got "
+                             f"{train.set_holdout_fraction}")
         self.parts = io.parquet_parts(histories_uri)
         self.catalog = catalog
         self.splits = splits
@@ -192,7 +214,12 @@ class ExampleStream:
             is_train = roles[chunk.owners()] == TRAIN
             train_counts += np.bincount(chunk.movies[is_train], minlength=n_index)
             users += int((roles == TRAIN).sum())
-            if self.model.kind == "history":
+            if self.train.objective == "held_out_set":
+                per_user = np.bincount(own, minlength=chunk.user_ids.size)
+                hidden = np.maximum(1, np.rint(self.train.set_holdout_fraction * per_user))
+                rows += int((per_user > 0).sum()) * cap
+                examples += int(cap * np.minimum(hidden, k)[per_user > 0].sum())
+            elif self.model.kind == "history":
                 group, per_group = np.unique(own.astype(np.int64) << 32 | window, return_counts=True)
                 per_user_groups = np.bincount(group >> 32, minlength=chunk.user_ids.size)
                 rows += int(np.minimum(per_user_groups, cap).sum())
@@ -216,8 +243,51 @@ class ExampleStream:
         """The mf model's user index: row in the splits table + 1 (0 = unknown user)."""
         return (self.splits.position(user_ids) + 1).astype(np.int32)
 
+    def _set_rows(self, chunk: UserChunk, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``held_out_set`` rows: ``windows_per_user`` rows per training user, each hiding
+        its own random set of the user's candidate targets and predicting up to k of them
+        from the last ``history_length`` of the user's other ratings (before their last)."""
+        k, length = self.train.targets_per_window, self.model.history_length
+        copies = self.windows_per_user
+        roles = self.splits.roles_of(chunk.user_ids)
+        cand = target_candidates(chunk, roles, self.splits, "history",
+                                 self.train.min_target_rating)
+        users = np.flatnonzero(np.bincount(chunk.owners()[cand], minlength=chunk.user_ids.size))
+        row_user = np.repeat(users, copies)
+        n_rows = row_user.size
+        # a row spans its user's ratings but the last (kept for the temporal protocol)
+        span = chunk.lengths[row_user] - 1
+        flat = _ranges(chunk.offsets[:-1][row_user], span)
+        row_of = np.repeat(np.arange(n_rows), span)
+        is_cand = cand[flat]
+        draw = rng.random(flat.size)
+        hidden = is_cand & (draw < self.train.set_holdout_fraction)
+        # every row hides at least one target: its candidate with the smallest draw
+        row_start = np.concatenate([[0], np.cumsum(span)[:-1]]).astype(np.int64)
+        order = np.lexsort((np.where(is_cand, draw, 2.0), row_of))
+        none = np.bincount(row_of[hidden], minlength=n_rows) == 0
+        hidden[order[row_start[none]]] = True
+        # targets: up to k hidden ratings per row, in random order
+        keep = sample_per_user(row_of, hidden, k, rng)
+        t_row = row_of[keep]
+        slot = np.arange(keep.size) - np.searchsorted(t_row, t_row)
+        target = np.zeros((n_rows, k), np.int32)
+        mask = np.zeros((n_rows, k), bool)
+        target[t_row, slot] = chunk.movies[flat[keep]]
+        mask[t_row, slot] = True
+        # window: the last `length` of the row's other ratings, in time order (the first
+        # rating is never a candidate, so no window is empty)
+        shown = flat[~hidden]
+        ends = np.cumsum(np.bincount(row_of[~hidden], minlength=n_rows))
+        starts = np.concatenate([[0], ends[:-1]])
+        m, r = windows(chunk.movies[shown], chunk.ratings[shown], starts, ends, length)
+        return {"target": target, "target_mask": mask, "history_movies": m,
+                "history_ratings": r, "target_column": np.full((n_rows, k), length - 1, np.int32)}
+
     def _rows(self, chunk: UserChunk, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One epoch's rows of a chunk: a history window (or a user) and up to k targets."""
+        if self.train.objective == "held_out_set":
+            return self._set_rows(chunk, rng)
         k, length = self.train.targets_per_window, self.model.history_length
         roles = self.splits.roles_of(chunk.user_ids)
         pos, own, window = self._groups(chunk, roles)

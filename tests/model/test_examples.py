@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys.model.examples import TEST, VALIDATION, held_out_users
 from recsys.model.inputs import pad_histories, windows
@@ -85,3 +86,73 @@ def test_held_out_users_split_inputs_from_truth(world):
     assert sorted(catalog.id_of(val.truth[1]).tolist()) == [27, 30]
     test = held_out_users(stream, TEST)
     assert test.user_ids.tolist() == [4] and catalog.id_of(test.truth[1]).tolist() == [35]
+
+
+def _owner_of(catalog, window_row):
+    first = int(catalog.id_of(window_row[window_row > 0])[0])
+    return next(u for u, (_, seq, _) in USERS.items() if first in seq)
+
+
+def test_held_out_set_rows_hide_their_targets_from_their_own_window(world):
+    catalog = world[0]
+    stream = stream_of(world, length=20, k=20, per_user=60, objective="held_out_set",
+                       set_holdout_fraction=0.3)
+    rows = rows_of(list(stream.epoch(0)))
+    n_rows = rows["target"].shape[0]
+    assert n_rows == stream.scan().rows_per_epoch == 2 * 3  # 2 training users x 3 rows
+    assert (rows["target_column"] == 19).all()  # every query is the whole window's state
+    owners = []
+    for i in range(n_rows):
+        owner = _owner_of(catalog, rows["history_movies"][i])
+        role, seq, _ = USERS[owner]
+        assert role == "train"  # held-out users never appear in training
+        owners.append(owner)
+        targets = catalog.id_of(rows["target"][i][rows["target_mask"][i]]).tolist()
+        window = catalog.id_of(rows["history_movies"][i][rows["history_movies"][i] > 0]).tolist()
+        assert len(targets) >= 1 and len(set(targets)) == len(targets)
+        assert set(targets) <= set(seq[1:-1])  # never the first rating, never the last
+        # the window is everything else before the last rating, in time order: later
+        # ratings than a target included (this objective is not causal, on purpose)
+        assert window == [m for m in seq[:-1] if m not in targets]
+    assert sorted(owners) == [1, 1, 1, 2, 2, 2]
+
+
+def test_held_out_set_hides_about_the_configured_share_and_keeps_the_last_window(world):
+    catalog = world[0]
+    stream = stream_of(world, length=4, k=20, per_user=4000, objective="held_out_set",
+                       set_holdout_fraction=0.3)
+    rows = rows_of(list(stream.epoch(1)))
+    hidden = rows["target_mask"].sum(axis=1)
+    assert rows["target"].shape[0] == 2 * 200
+    # 10 candidates per user (positions 1..10), each hidden with p = 0.3, at least one
+    assert 2.7 < hidden.mean() < 3.4, hidden.mean()
+    assert hidden.min() >= 1
+    for i in range(0, rows["target"].shape[0], 37):
+        owner = _owner_of(catalog, rows["history_movies"][i])
+        seq = USERS[owner][1]
+        targets = set(catalog.id_of(rows["target"][i][rows["target_mask"][i]]).tolist())
+        shown = [m for m in seq[:-1] if m not in targets]
+        assert catalog.id_of(rows["history_movies"][i]).tolist() == shown[-4:]
+
+
+def test_held_out_set_caps_targets_per_row_and_respects_the_target_rating(world):
+    catalog = world[0]
+    stream = stream_of(world, length=20, k=2, per_user=40, objective="held_out_set",
+                       set_holdout_fraction=0.9, min_target_rating=4.0)
+    rows = rows_of(list(stream.epoch(0)))
+    assert rows["target_mask"].sum(axis=1).max() <= 2
+    targets = catalog.id_of(rows["target"][rows["target_mask"]])
+    assert set((1 + targets % 5).tolist()) <= {4, 5}  # the fixture's rating of movie m
+    for i in range(rows["target"].shape[0]):
+        window = rows["history_movies"][i][rows["history_movies"][i] > 0]
+        slots = rows["target"][i][rows["target_mask"][i]]
+        assert not set(window.tolist()) & set(slots.tolist())
+
+
+def test_unknown_objective_or_mf_with_held_out_set_is_refused(world):
+    with pytest.raises(ValueError, match="train.objective must be one of"):
+        stream_of(world, objective="cloze")
+    with pytest.raises(ValueError, match="needs model.kind = 'history'"):
+        stream_of(world, kind="mf", objective="held_out_set")
+    with pytest.raises(ValueError, match="set_holdout_fraction must be in"):
+        stream_of(world, objective="held_out_set", set_holdout_fraction=1.0)
