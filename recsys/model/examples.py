@@ -163,7 +163,8 @@ class ExampleStream:
                              f"got {train.objective!r}")
         if train.objective == "held_out_set" and model.kind != "history":
             raise ValueError("train.objective = 'held_out_set' needs model.kind = 'history' "
-                             f"(got {model.kind!r}); the mf model trains on its users' ids")
+                             f"(got {model.kind!r}); for the mf model set "
+                             "train.objective=next_item")
         if not 0.0 < train.set_holdout_fraction < 1.0:
             raise ValueError("train.set_holdout_fraction must be in (0, 1), got "
                              f"{train.set_holdout_fraction}")
