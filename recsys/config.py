@@ -109,7 +109,7 @@ class TrainConfig:
     targets_per_window: int = 32
     #: Only ratings >= this are training targets; 0 keeps every rating (the default).
     min_target_rating: float = 0.0
-    #: What a row teaches the history tower (README "Training objectives"):
+    #: What a row teaches the history tower (README "The model", training objectives):
     #: "next_item" (DESIGN §5) predicts each target from the ratings before it only;
     #: "held_out_set" hides a random share of the user's candidate targets from the row's
     #: window and predicts them from the rest, earlier and later ratings alike (the shape of

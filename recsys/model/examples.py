@@ -270,12 +270,7 @@ class ExampleStream:
         hidden[order[row_start[none]]] = True
         # targets: up to k hidden ratings per row, in random order
         keep = sample_per_user(row_of, hidden, k, rng)
-        t_row = row_of[keep]
-        slot = np.arange(keep.size) - np.searchsorted(t_row, t_row)
-        target = np.zeros((n_rows, k), np.int32)
-        mask = np.zeros((n_rows, k), bool)
-        target[t_row, slot] = chunk.movies[flat[keep]]
-        mask[t_row, slot] = True
+        target, mask, _ = pack_targets(row_of[keep], chunk.movies[flat[keep]], n_rows, k)
         # window: the last `length` of the row's other ratings, in time order (the first
         # rating is never a candidate, so no window is empty)
         shown = flat[~hidden]
@@ -309,12 +304,8 @@ class ExampleStream:
         keep = keep[np.argsort(group[keep], kind="stable")]
         pos, own, window, group = pos[keep], own[keep], window[keep], group[keep]
         rows, row_of = np.unique(group, return_inverse=True)
-        slot = np.arange(pos.size) - np.searchsorted(row_of, row_of)
         n_rows = rows.size
-        target = np.zeros((n_rows, k), np.int32)
-        mask = np.zeros((n_rows, k), bool)
-        target[row_of, slot] = chunk.movies[pos]
-        mask[row_of, slot] = True
+        target, mask, slot = pack_targets(row_of, chunk.movies[pos], n_rows, k)
         row_user = (group_key[rows] >> 32).astype(np.int64)
         out = {"target": target, "target_mask": mask}
         if self.model.kind == "history":
@@ -348,6 +339,18 @@ class ExampleStream:
             carry = {k: v[full:] for k, v in ex.items()}
         if carry is not None and carry["target"].shape[0]:
             yield carry
+
+
+def pack_targets(row_of: np.ndarray, movies: np.ndarray, n_rows: int, k: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[n_rows, k]`` target movies and mask from targets sorted by row (at most k per
+    row), and each target's slot in its row."""
+    slot = np.arange(row_of.size) - np.searchsorted(row_of, row_of)
+    target = np.zeros((n_rows, k), np.int32)
+    mask = np.zeros((n_rows, k), bool)
+    target[row_of, slot] = movies
+    mask[row_of, slot] = True
+    return target, mask, slot
 
 
 @dataclass
