@@ -1,9 +1,9 @@
-"""Driver-side file access for any artifact URI (local paths, file://, hdfs://, s3a://).
+"""File access for any artifact URI (local paths, file://, hdfs://, s3a://).
 
-Spark reads and writes the big tables; this module does the small things around them on
-the driver (manifests, pointers, checksums, listing, atomic renames) through
-``pyarrow.fs``, so the same code works on a laptop and on a cluster without assuming that
-executors share the driver's disk.
+Through ``pyarrow.fs``, so the same code works on a laptop and on a cluster without
+assuming that executors share the driver's disk: the small things on the driver
+(manifests, pointers, checksums, listing, atomic renames), artifact reads on the workers,
+and the part files the scoring workers write (:mod:`recsys.publish.parts`).
 """
 
 from __future__ import annotations
@@ -127,6 +127,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     else:
         with fs.open_output_stream(path) as out:
             out.write(data)
+
+
+def open_output(uri: str) -> "pa.NativeFile":
+    """A writable stream to a new file (its directory is created); the caller closes it.
+    Used by the Python workers that write a table's part files (:mod:`recsys.publish.parts`)."""
+    fs, path = _fs(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    return fs.open_output_stream(path)
 
 
 def write_text(uri: str, text: str) -> None:

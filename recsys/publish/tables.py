@@ -2,9 +2,11 @@
 
 Readers must never see a half-written night (DESIGN §4.5):
 
-1. Spark writes the night into ``<table>/_staging/run_date=<date>-<run_id>/`` (names
+1. The night is written into ``<table>/_staging/run_date=<date>-<run_id>/`` (names
    starting with ``_`` are invisible to Spark, Hive, DuckDB and pyarrow partition
-   discovery), then ``_manifest.json`` (hidden from readers, like ``_SUCCESS``) goes next to Spark's ``_SUCCESS``.
+   discovery) — by Spark, or by the scoring workers themselves
+   (:mod:`recsys.publish.parts`) — and ends with ``_SUCCESS``; then ``_manifest.json``
+   (hidden from readers, like ``_SUCCESS``) goes next to it.
 2. The staged directory becomes ``<table>/run_date=<date>`` in one step: a rename, or,
    when that night was published before, one ``renameat2(RENAME_EXCHANGE)`` that swaps
    the staged and the published directory (Linux, local filesystems); the previous
@@ -45,16 +47,32 @@ def partition_uri(table_uri: str, run_date: str) -> str:
 def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run_date: str,
                       run_id: str, manifest: dict[str, Any], files: int | None = None) -> str:
     """Write ``df`` as the ``run_date`` partition of the table at ``table_uri``, atomically."""
+    staging = stage_partition(table_uri, run_date, run_id)
+    out = df.coalesce(files) if files else df
+    out.write.mode("overwrite").parquet(staging)
+    return commit_partition(staging, table_uri=table_uri, run_date=run_date,
+                            run_id=run_id, manifest=manifest)
+
+
+def stage_partition(table_uri: str, run_date: str, run_id: str) -> str:
+    """The staging directory for tonight's partition (step 1), not yet created: what an
+    earlier run of the same night left behind is restored or removed first."""
     if not _DATE.match(run_date):
         raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
-    staging = io.join(table_uri, "_staging", f"run_date={run_date}-{run_id}")
-    final = partition_uri(table_uri, run_date)
     restore_replaced(table_uri, run_date)
     for stale in io.list_dir(io.join(table_uri, "_staging")):
         if stale.startswith(f"run_date={run_date}-"):
             io.delete(io.join(table_uri, "_staging", stale))
-    out = df.coalesce(files) if files else df
-    out.write.mode("overwrite").parquet(staging)
+    return io.join(table_uri, "_staging", f"run_date={run_date}-{run_id}")
+
+
+def commit_partition(staging: str, *, table_uri: str, run_date: str, run_id: str,
+                     manifest: dict[str, Any]) -> str:
+    """Make a complete staged directory (it holds ``_SUCCESS``) the published night
+    (step 2); returns the partition's URI."""
+    if not io.exists(io.join(staging, "_SUCCESS")):
+        raise io.ArtifactIOError(f"{staging} has no _SUCCESS: the write did not finish")
+    final = partition_uri(table_uri, run_date)
     io.write_text(io.join(staging, "_manifest.json"), json.dumps(manifest, indent=2) + "\n")
     if not io.exists(final):
         io.move(staging, final)

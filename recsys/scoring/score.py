@@ -6,11 +6,14 @@ MD5s) and the index must name the train run as its model version; anything else 
 refused before a single user is scored.
 
 The distributed step is ``mapInArrow`` over the histories (Arrow batches straight into
-numpy and back, the nested result built on the worker): each Python worker loads the
-user tower and both searchers once (:func:`recsys.scoring.recommend.load_scoring_artifacts`,
-from the artifact URIs), then scores batches of ``score.batch_size`` users. Nothing but
-the movie side is ever on the driver, and similar movies come ready-made from the index
-run (:mod:`recsys.index.similar`).
+numpy): each Python worker loads the user tower and both searchers once
+(:func:`recsys.scoring.recommend.load_scoring_artifacts`, from the artifact URIs), scores
+batches of ``score.batch_size`` users, and writes the rows of the recommendations and
+user-embeddings tables into its own Parquet part files in the staged partitions
+(:mod:`recsys.publish.parts`). The driver collects only the names and row counts of
+those files, keeps the ones of the tasks that succeeded and publishes. Nothing but the
+movie side is ever on the driver, and similar movies come ready-made from the index run
+(:mod:`recsys.index.similar`).
 
 Published (each a ``run_date`` partition, see :mod:`recsys.publish.tables`):
 
@@ -30,27 +33,33 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys import artifacts, io
-from recsys.config import Config
-from recsys.csr import fixed_lists, list_column, ranked_movies
+from recsys.config import Config, ConfigError
+from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranked_movies
 from recsys.index.similar import SIMILAR
-from recsys.publish.tables import publish_partition, register_table, warm_catalog
+from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
+from recsys.publish.tables import (
+    commit_partition, publish_partition, register_table, stage_partition, warm_catalog,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "score"
-_PAIR = T.StructType([T.StructField("movie_id", T.IntegerType()),
-                      T.StructField("score", T.FloatType())])
-#: What the UDF returns; recommendations and embeddings never hold null elements.
-UDF_SCHEMA = T.StructType([
-    T.StructField("user_id", T.IntegerType()),
-    T.StructField("recommendations", T.ArrayType(_PAIR, containsNull=False)),
-    T.StructField("embedding", T.ArrayType(T.FloatType(), containsNull=False)),
-])
 EMBEDDING = pa.list_(pa.field("element", pa.float32(), nullable=False))
+_STAMP = [pa.field("model_version", pa.string()), pa.field("run_id", pa.string())]
+#: The published tables' schemas (DESIGN §4.4), as the workers write them; Spark reads
+#: ``user_id int, recommendations array<struct<movie_id:int, score:float>>, ...``.
+RECOMMENDATIONS = pa.schema([pa.field("user_id", pa.int32()),
+                             pa.field("recommendations", MOVIE_SCORES), *_STAMP])
+USER_EMBEDDINGS = pa.schema([pa.field("user_id", pa.int32()),
+                             pa.field("embedding", EMBEDDING), *_STAMP])
+#: What each scoring task returns to the driver: one row per part file it wrote.
+WRITTEN = T.StructType([T.StructField("table", T.StringType()),
+                        T.StructField("file", T.StringType()),
+                        T.StructField("rows", T.LongType())])
 
 
 @dataclass
@@ -76,12 +85,20 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
     return train_dir, index_dir, model_version
 
 
-def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: int):
+def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_depth: int,
+                   staging: dict[str, str], model_version: str, run_id: str):
+    """The ``mapInArrow`` function: score each batch of histories and write the rows to
+    this task's part file of each table (``staging``: table key -> staged directory)."""
+    schemas = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS}
+
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import recsys  # noqa: F401  (the worker's environment, set before any TensorFlow)
         from recsys.scoring.recommend import load_scoring_artifacts, recommend
 
         tower, scann, exact = load_scoring_artifacts(train_dir, index_dir)
+        partition, attempt = task_identity()
+        name = part_name(partition, attempt, run_id)
+        writers = {key: PartWriter(staging[key], schemas[key], name) for key in schemas}
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -93,12 +110,22 @@ def _score_batches(train_dir: str, index_dir: str, top_n: int, max_scann_depth: 
                 movie_ids=movie_ids.astype(np.int64, copy=False),
                 ratings=ratings.astype(np.float32, copy=False), n=top_n,
                 max_scann_depth=max_scann_depth)
+            users = batch.column("user_id").cast(pa.int32())
+            stamp = [pa.array([model_version] * batch.num_rows, pa.string()),
+                     pa.array([run_id] * batch.num_rows, pa.string())]
             emb = recs.embeddings.astype(np.float32)
-            yield pa.RecordBatch.from_arrays([
-                batch.column("user_id").cast(pa.int32()),
-                ranked_movies(recs.movie_ids, recs.scores),
-                fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1], EMBEDDING),
-            ], names=["user_id", "recommendations", "embedding"])
+            writers["recommendations"].write(pa.RecordBatch.from_arrays(
+                [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
+                schema=RECOMMENDATIONS))
+            writers["user_embeddings"].write(pa.RecordBatch.from_arrays(
+                [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1],
+                                    EMBEDDING), *stamp],
+                schema=USER_EMBEDDINGS))
+        written = [(key, *done) for key, w in writers.items() if (done := w.close())]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([w[0] for w in written], pa.string()),
+             pa.array([w[1] for w in written], pa.string()),
+             pa.array([w[2] for w in written], pa.int64())], names=["table", "file", "rows"])
 
     return score
 
@@ -121,38 +148,52 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
                               "index_dir": index_dir, "model_version": model_version,
                               "run_date": run_date}
+        if spark.sparkContext.getConf().get("spark.speculation", "false").lower() == "true":
+            raise ConfigError(
+                "score_all_users needs spark.speculation=false: its tasks write the table "
+                "files themselves, and a speculative copy still running after the job "
+                "could add a file to a published night")
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
         histories = spark.read.parquet(io.join(preprocess_dir, "histories")).select(
             "user_id", "movie_ids", "ratings")
-        scored = histories.mapInArrow(
-            _score_batches(train_dir, index_dir, cfg.top_n, cfg.max_scann_depth), UDF_SCHEMA)
-        scored = scored.persist()
-        stamp = [F.lit(model_version).alias("model_version"), F.lit(run_id).alias("run_id")]
-        recommendations = scored.select("user_id", "recommendations", *stamp)
-        embeddings = scored.select("user_id", "embedding", *stamp)
         table_root = cfg.table_root or io.join(root, "tables")
-        tables: dict[str, str] = {}
+        names = {"recommendations": cfg.recommendations_table,
+                 "user_embeddings": cfg.user_embeddings_table,
+                 "similar_movies": cfg.similar_movies_table}
+        uris = {key: io.join(table_root, name) for key, name in names.items()}
+        staging = {key: stage_partition(uris[key], run_date, run_id)
+                   for key in ("recommendations", "user_embeddings")}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
+        tables: dict[str, str] = {}
         catalog = warm_catalog(spark, cfg.database)  # connects while the workers score
 
-        def publish(key: str, name: str, df: DataFrame, files: int | None = None) -> None:
-            uri = io.join(table_root, name)
-            publish_partition(spark, df, table_uri=uri, run_date=run_date, run_id=run_id,
-                              manifest=published, files=files)
+        def register(key: str) -> None:
             catalog.join()
-            tables[key] = register_table(spark, database=cfg.database, name=name,
-                                         table_uri=uri)
+            tables[key] = register_table(spark, database=cfg.database, name=names[key],
+                                         table_uri=uris[key])
 
-        with manifest.timed("score_and_publish_recommendations"):
-            publish("recommendations", cfg.recommendations_table, recommendations)
-        with manifest.timed("publish_user_embeddings"):
-            publish("user_embeddings", cfg.user_embeddings_table, embeddings)
+        with manifest.timed("score_and_write"):
+            written = histories.mapInArrow(_score_batches(
+                train_dir, index_dir, top_n=cfg.top_n, max_scann_depth=cfg.max_scann_depth,
+                staging=staging, model_version=model_version, run_id=run_id),
+                WRITTEN).collect()
+        rows = {key: sum(w.rows for w in written if w.table == key) for key in staging}
+        if len(set(rows.values())) != 1:
+            raise RuntimeError(f"the scoring tasks wrote different numbers of rows per "
+                               f"table: {rows}")
+        manifest["counts"] = {"users": rows["recommendations"], "top_n": cfg.top_n}
+        with manifest.timed("publish"):
+            for key, directory in staging.items():
+                keep_only(directory, [w.file for w in written if w.table == key])
+                commit_partition(directory, table_uri=uris[key], run_date=run_date,
+                                 run_id=run_id, manifest=published)
+                register(key)
         with manifest.timed("publish_similar_movies"):
+            stamp = [F.lit(model_version).alias("model_version"), F.lit(run_id).alias("run_id")]
             similar = spark.read.parquet(io.join(index_dir, SIMILAR)).select("*", *stamp)
-            publish("similar_movies", cfg.similar_movies_table, similar, files=1)
-        with manifest.timed("count"):
-            manifest["counts"] = {"users": scored.count(), "top_n": cfg.top_n}
-        scored.unpersist()
+            publish_partition(spark, similar, table_uri=uris["similar_movies"],
+                              run_date=run_date, run_id=run_id, manifest=published, files=1)
+            register("similar_movies")
         manifest["tables"] = {k: {"name": v, "partition": f"run_date={run_date}"}
                               for k, v in tables.items()}
         manifest["table_root"] = table_root

@@ -105,10 +105,18 @@ def test_side_tables_and_the_catalog(scored):
         "import recsys; from recsys.spark import build_session; from recsys.config import "
         f"SparkConfig; s = build_session('q', SparkConfig(metastore_dir={meta!r})); "
         "print('ROWS', s.sql(\"SELECT count(*) FROM default.movielens_recommendations "
-        f"WHERE run_date = '{RUN_DATE}'\").first()[0]); s.stop()")
+        f"WHERE run_date = '{RUN_DATE}'\").first()[0]); "
+        "[print('SCHEMA', s.table('default.' + t).schema.simpleString()) for t in "
+        "('movielens_recommendations', 'movielens_user_embeddings')]; s.stop()")
     out = subprocess.run([sys.executable, "-c", query], env=env(), capture_output=True,
                          text=True, timeout=300, cwd=meta)
     assert "ROWS 610" in out.stdout, out.stderr[-3000:]
+    # the schemas DESIGN §4.4 documents, as Spark SQL sees the files the workers wrote
+    stamp = "model_version:string,run_id:string,run_date:date"
+    assert [line.split(" ", 1)[1] for line in out.stdout.splitlines()
+            if line.startswith("SCHEMA ")] == [
+        f"struct<user_id:int,recommendations:array<struct<movie_id:int,score:float>>,{stamp}>",
+        f"struct<user_id:int,embedding:array<float>,{stamp}>"]
 
 
 def test_rerunning_a_night_replaces_only_that_night(scored):
@@ -139,6 +147,16 @@ def test_corrupt_or_mismatched_artifacts_are_refused_before_scoring(scored, tmp_
     said = bad.stdout + bad.stderr  # spark-submit passes the driver's stderr to stdout
     assert "score_all_users: artifact error" in said and "truncated" in said
     assert not (copy / "tables").exists()
+
+
+def test_speculative_tasks_are_refused_before_anything_is_staged(scored, tmp_path):
+    root, meta, _ = scored
+    tables = tmp_path / "tables"
+    run = score(root, meta, "--set", f"score.table_root={tables}",
+                submit=("--master", "local[2]", "--conf", "spark.speculation=true"))
+    assert run.returncode == 2
+    assert "needs spark.speculation=false" in run.stdout + run.stderr
+    assert not tables.exists()
 
 
 def test_an_index_built_for_another_model_is_refused(scored, tmp_path):

@@ -1,0 +1,92 @@
+"""Parquet part files written by the Python workers themselves, committed by the driver.
+
+The scoring UDF already holds each batch's result as Arrow columns; handing them back to
+Spark only for Spark to turn them into rows and encode them as Parquet again cost more
+than the scoring itself on the full-scale corpus (BENCHMARKS.md). So each task writes its
+partition's rows straight into the staging directory of tonight's partition
+(:func:`recsys.publish.tables.stage_partition`) and returns one small row per file: the
+only thing the driver collects.
+
+Commit protocol (the role Spark's ``FileOutputCommitter`` plays for its own writes):
+
+* a task attempt writes ``part-<partition>-<run_id>-a<attempt>.parquet``: a retried or
+  speculative attempt never writes over another attempt's file;
+* the driver keeps exactly the files named by the tasks that succeeded
+  (:func:`keep_only`) and deletes the rest (attempts that died or lost), then writes
+  ``_SUCCESS``; only after that does the staged directory become visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys import io
+
+SUCCESS = "_SUCCESS"
+
+
+def part_name(partition: int, attempt: int, run_id: str) -> str:
+    return f"part-{partition:05d}-{run_id}-a{attempt}.parquet"
+
+
+def task_identity() -> tuple[int, int]:
+    """(partition id, attempt number) of the running Spark task; (0, 0) outside Spark."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return 0, 0
+    return context.partitionId(), context.attemptNumber()
+
+
+@dataclass
+class PartWriter:
+    """One Parquet file under ``directory``, opened at the first batch written.
+
+    Batches must have ``schema`` exactly (the table's published schema); each becomes a
+    row group. :meth:`close` returns the file's name and its rows, or None when no batch
+    was written (an empty partition leaves no file).
+    """
+
+    directory: str
+    schema: pa.Schema
+    name: str
+    rows: int = 0
+    _writer: pq.ParquetWriter | None = None
+    _sink: object = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.schema != self.schema:
+            raise ValueError(f"batch schema {batch.schema} differs from the table's "
+                             f"{self.schema}")
+        if self._writer is None:
+            self._sink = io.open_output(io.join(self.directory, self.name))
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy")
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> tuple[str, int] | None:
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._sink.close()  # type: ignore[attr-defined]
+        self._writer = None
+        return self.name, self.rows
+
+
+def keep_only(directory: str, names: list[str]) -> None:
+    """Make ``directory`` hold exactly the part files ``names`` (plus non-part files),
+    then mark it complete with ``_SUCCESS``. A name that is missing is an error: its
+    task reported a file that is not there."""
+    present = set(io.list_dir(directory))
+    missing = sorted(set(names) - present)
+    if missing:
+        raise io.ArtifactIOError(f"part files reported by finished tasks are missing from "
+                                 f"{directory}: {missing[:5]}")
+    for stale in sorted(present - set(names)):
+        if stale.startswith("part-"):
+            io.delete(io.join(directory, stale))
+    io.write_bytes(io.join(directory, SUCCESS), b"")
