@@ -36,8 +36,8 @@ from recsys.config import Config
 from recsys.csr import list_column
 from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
-from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k, recall_at_k,
-                                       top_k_exact)
+from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k,
+                                       paired_bootstrap, per_user, recall_at_k, top_k_exact)
 from recsys.evaluation.models import AlsScorer, Ease, MostPopular, TwoTower
 from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
@@ -45,6 +45,10 @@ from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
 TOP = 100
+#: Per protocol, the metrics on which the two-tower model is compared with each baseline
+#: user by user (a paired bootstrap interval of the difference, in the report).
+COMPARED = {"held-out": ("recall@20",), "temporal": ("hr@10",),
+            "random": ("top10_accuracy", "top100_accuracy")}
 
 
 @dataclass
@@ -81,6 +85,29 @@ def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
             out[f"top{k}_accuracy"] = float(hits[keep, :k].sum() / n_rel[keep].sum())
     out["coverage@100"] = float(np.unique(top).size / n_movies)
     out["popular_share@100"] = float(np.isin(top, popular).mean())
+    return out
+
+
+def compared_metrics(protocol: Protocol) -> tuple[str, ...]:
+    return next(m for prefix, m in COMPARED.items() if protocol.name.startswith(prefix))
+
+
+def comparisons(protocol: Protocol, tops: dict[str, np.ndarray], *,
+                resamples: int = 2000) -> list[dict[str, Any]]:
+    """The first model minus each other one on the protocol's compared metrics, with a
+    95% paired bootstrap interval over the query users: is a difference more than the
+    luck of which users were held out?"""
+    n_rel = np.diff(protocol.truth[0])
+    parts = {name: hits_matrix(top, protocol.truth) for name, top in tops.items()}
+    first, *others = parts
+    out = []
+    for metric in compared_metrics(protocol):
+        mine = per_user(parts[first], n_rel, metric)
+        for other in others:
+            diff, low, high = paired_bootstrap(mine, per_user(parts[other], n_rel, metric),
+                                               resamples=resamples)
+            out.append({"metric": metric, "model": first, "baseline": other,
+                        "difference": diff, "low": low, "high": high})
     return out
 
 
@@ -212,9 +239,9 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                                                     l2=cfg.ease_l2,
                                                     max_movies=cfg.ease_max_movies,
                                                     min_count=cfg.ease_min_count)))
-                models = {}
+                models, tops = {}, {}
                 for name, scorer in scorers:
-                    top = rank(scorer, protocol, corpus.n_movies)
+                    top = tops[name] = rank(scorer, protocol, corpus.n_movies)
                     models[name] = protocol_metrics(protocol, top, popular, corpus.n_movies)
                     log.info("%s / %s: %s", protocol.name, name, models[name])
                     if protocol.name.startswith("held-out"):
@@ -223,7 +250,8 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                         popularity_counts = counts
                 results["protocols"].append({
                     "name": protocol.name, "description": protocol.description,
-                    "query_users": protocol.query.users, "models": models})
+                    "query_users": protocol.query.users, "models": models,
+                    "comparisons": comparisons(protocol, tops)})
         results["recall_curves"] = curves
         with manifest.timed("report"):
             plots = {"Recall@K, held-out users": os.path.join(out, "recall_at_k.png"),

@@ -65,6 +65,52 @@ def hit_rate_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> float:
     return float(np.mean(hits[keep, :k].any(axis=1)))
 
 
+def per_user(hits: np.ndarray, n_relevant: np.ndarray, metric: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(numerator, denominator) per user with a relevant item, such that the metric over
+    any multiset of those users is ``sum(num) / sum(den)``: Recall@K and HR@K are means
+    of per-user values (denominator 1); ``topK_accuracy`` pools hits over ratings."""
+    keep = n_relevant > 0
+    top, n_rel = hits[keep], n_relevant[keep]
+    name, _, k_text = metric.partition("@")
+    if metric.startswith("top") and metric.endswith("_accuracy"):
+        k = int(metric[3:-len("_accuracy")])
+        return top[:, :k].sum(axis=1).astype(np.float64), n_rel.astype(np.float64)
+    k = int(k_text)
+    ones = np.ones(n_rel.size)
+    if name == "recall":
+        return top[:, :k].sum(axis=1) / np.minimum(k, n_rel), ones
+    if name == "hr":
+        return top[:, :k].any(axis=1).astype(np.float64), ones
+    raise ValueError(f"no per-user form for metric {metric!r}")
+
+
+def paired_bootstrap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], *,
+                     resamples: int = 2000, seed: int = 0, level: float = 0.95
+                     ) -> tuple[float, float, float]:
+    """Model a's metric minus model b's on the same users, with a percentile bootstrap
+    confidence interval: users are resampled with replacement, the same users for both
+    models (so what is common to both users' difficulty cancels). Returns (difference,
+    low, high)."""
+    (num_a, den_a), (num_b, den_b) = a, b
+    if num_a.shape != num_b.shape:
+        raise ValueError(f"paired comparison needs the same users: {num_a.shape} vs "
+                         f"{num_b.shape}")
+    users = num_a.size
+    if users == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(num_a.sum() / den_a.sum() - num_b.sum() / den_b.sum())
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for i in range(resamples):
+        pick = rng.integers(0, users, users)
+        draws[i] = (num_a[pick].sum() / max(den_a[pick].sum(), 1e-12)
+                    - num_b[pick].sum() / max(den_b[pick].sum(), 1e-12))
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return diff, float(low), float(high)
+
+
 def ranking_metrics(ranked: np.ndarray, relevant: Csr, *,
                     recall_ks: Iterable[int] = (10, 20, 50, 100),
                     ndcg_ks: Iterable[int] = (10, 100),

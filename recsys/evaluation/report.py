@@ -107,6 +107,17 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         for model, values in proto["models"].items():
             lines.append(f"| {model} | " + " | ".join(_fmt(values[m]) for m in metrics) + " |")
         lines.append("")
+        if proto.get("comparisons"):
+            first = proto["comparisons"][0]["model"]
+            lines += [f"{first} minus each baseline, on the same {proto['query_users']:,} "
+                      "users, with a 95% paired bootstrap interval (users resampled): an "
+                      "interval that contains 0 is a difference these users cannot tell "
+                      "from luck.", "",
+                      "| metric | baseline | difference | 95% interval |", "|---|---|---|---|"]
+            for c in proto["comparisons"]:
+                lines.append(f"| {c['metric']} | {c['baseline']} | {c['difference']:+.4f} | "
+                             f"[{c['low']:+.4f}, {c['high']:+.4f}] |")
+            lines.append("")
     lines += ["Coverage: share of the catalog in anyone's top 100. Popular share: share of "
               "top-100 recommendations among the 1% most rated movies.", ""]
     for title, path in plots.items():

@@ -102,6 +102,17 @@ def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_ni
     for png in ("recall_at_k.png", "popularity.png", "movie_embeddings.png"):
         assert (run / png).stat().st_size > 5_000 and f"]({png})" in report
     assert "| EASE |" in report and "## temporal next-item" in report
+    # each protocol compares the two-tower model with every baseline, user by user; the
+    # bootstrap's difference is the one of the metrics table, inside its interval
+    for proto in metrics["protocols"]:
+        models, first = proto["models"], next(iter(proto["models"]))
+        pairs = {(c["metric"], c["baseline"]) for c in proto["comparisons"]}
+        assert {b for _, b in pairs} == set(models) - {first}, pairs
+        for c in proto["comparisons"]:
+            assert c["difference"] == pytest.approx(
+                models[first][c["metric"]] - models[c["baseline"]][c["metric"]], abs=1e-9)
+            assert c["low"] <= c["difference"] <= c["high"]
+    assert "95% paired bootstrap interval" in report and "| recall@20 | ALS |" in report
     assert "report " in done.stdout and "held-out users (test): two-tower" in done.stdout
 
 
