@@ -77,6 +77,18 @@ class PartWriter:
         return self.name, self.rows
 
 
+    def abort(self) -> None:
+        """Close the file after a failure (the worker process may be reused); the driver
+        deletes it, as no successful task names it."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if self._sink is not None:
+                self._sink.close()  # type: ignore[attr-defined]
+            self._writer = self._sink = None
+
+
 def keep_only(directory: str, names: list[str]) -> None:
     """Make ``directory`` hold exactly the part files ``names`` (plus non-part files),
     then mark it complete with ``_SUCCESS``. A name that is missing is an error: its

@@ -99,29 +99,34 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
         partition, attempt = task_identity()
         name = part_name(partition, attempt, run_id)
         writers = {key: PartWriter(staging[key], schemas[key], name) for key in schemas}
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            offsets, movie_ids = list_column(batch.column("movie_ids"))
-            _, ratings = list_column(batch.column("ratings"))
-            recs = recommend(
-                tower, scann, exact,
-                user_ids=batch.column("user_id").to_numpy().astype(np.int64), offsets=offsets,
-                movie_ids=movie_ids.astype(np.int64, copy=False),
-                ratings=ratings.astype(np.float32, copy=False), n=top_n,
-                max_scann_depth=max_scann_depth)
-            users = batch.column("user_id").cast(pa.int32())
-            stamp = [pa.array([model_version] * batch.num_rows, pa.string()),
-                     pa.array([run_id] * batch.num_rows, pa.string())]
-            emb = recs.embeddings.astype(np.float32)
-            writers["recommendations"].write(pa.RecordBatch.from_arrays(
-                [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
-                schema=RECOMMENDATIONS))
-            writers["user_embeddings"].write(pa.RecordBatch.from_arrays(
-                [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1],
-                                    EMBEDDING), *stamp],
-                schema=USER_EMBEDDINGS))
-        written = [(key, *done) for key, w in writers.items() if (done := w.close())]
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                offsets, movie_ids = list_column(batch.column("movie_ids"))
+                _, ratings = list_column(batch.column("ratings"))
+                recs = recommend(
+                    tower, scann, exact,
+                    user_ids=batch.column("user_id").to_numpy().astype(np.int64),
+                    offsets=offsets, movie_ids=movie_ids.astype(np.int64, copy=False),
+                    ratings=ratings.astype(np.float32, copy=False), n=top_n,
+                    max_scann_depth=max_scann_depth)
+                users = batch.column("user_id").cast(pa.int32())
+                stamp = [pa.array([model_version] * batch.num_rows, pa.string()),
+                         pa.array([run_id] * batch.num_rows, pa.string())]
+                emb = recs.embeddings.astype(np.float32)
+                writers["recommendations"].write(pa.RecordBatch.from_arrays(
+                    [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
+                    schema=RECOMMENDATIONS))
+                writers["user_embeddings"].write(pa.RecordBatch.from_arrays(
+                    [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0],
+                                        emb.shape[1], EMBEDDING), *stamp],
+                    schema=USER_EMBEDDINGS))
+            written = [(key, *done) for key, w in writers.items() if (done := w.close())]
+        except BaseException:
+            for w in writers.values():  # a reused worker must not keep the files open
+                w.abort()
+            raise
         yield pa.RecordBatch.from_arrays(
             [pa.array([w[0] for w in written], pa.string()),
              pa.array([w[1] for w in written], pa.string()),

@@ -60,3 +60,17 @@ def test_a_reported_file_that_is_missing_is_an_error(tmp_path):
     with pytest.raises(io.ArtifactIOError, match="missing"):
         keep_only(directory, [part_name(0, 0, "r"), part_name(1, 0, "r")])
     assert not (tmp_path / "staged" / "_SUCCESS").exists()
+
+
+def test_an_aborted_attempt_leaves_a_file_that_the_commit_removes(tmp_path):
+    directory = str(tmp_path / "staged")
+    failed = PartWriter(directory, SCHEMA, part_name(0, 0, "r"))
+    failed.write(_batch([1]))
+    failed.abort()  # the task raised after its first batch
+    failed.abort()  # twice is harmless
+    retried = PartWriter(directory, SCHEMA, part_name(0, 1, "r"))
+    retried.write(_batch([1, 2]))
+    done = retried.close()
+    assert done is not None
+    keep_only(directory, [done[0]])
+    assert pq.read_table(directory).column("user_id").to_pylist() == [1, 2]
