@@ -24,8 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys import io
-
-SUCCESS = "_SUCCESS"
+from recsys.publish.tables import SUCCESS
 
 
 def part_name(partition: int, attempt: int, run_id: str) -> str:
@@ -71,15 +70,15 @@ class PartWriter:
     def close(self) -> tuple[str, int] | None:
         if self._writer is None:
             return None
-        self._writer.close()
-        self._sink.close()  # type: ignore[attr-defined]
-        self._writer = None
+        self._release()
         return self.name, self.rows
-
 
     def abort(self) -> None:
         """Close the file after a failure (the worker process may be reused); the driver
         deletes it, as no successful task names it."""
+        self._release()
+
+    def _release(self) -> None:
         try:
             if self._writer is not None:
                 self._writer.close()

@@ -38,6 +38,8 @@ from recsys import io
 log = logging.getLogger(__name__)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Marks a staged night as completely written (Spark's own marker name).
+SUCCESS = "_SUCCESS"
 
 
 def partition_uri(table_uri: str, run_date: str) -> str:
@@ -70,8 +72,8 @@ def commit_partition(staging: str, *, table_uri: str, run_date: str, run_id: str
                      manifest: dict[str, Any]) -> str:
     """Make a complete staged directory (it holds ``_SUCCESS``) the published night
     (step 2); returns the partition's URI."""
-    if not io.exists(io.join(staging, "_SUCCESS")):
-        raise io.ArtifactIOError(f"{staging} has no _SUCCESS: the write did not finish")
+    if not io.exists(io.join(staging, SUCCESS)):
+        raise io.ArtifactIOError(f"{staging} has no {SUCCESS}: the write did not finish")
     final = partition_uri(table_uri, run_date)
     io.write_text(io.join(staging, "_manifest.json"), json.dumps(manifest, indent=2) + "\n")
     if not io.exists(final):
