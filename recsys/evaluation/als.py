@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -44,6 +45,44 @@ def fit_als(ratings: DataFrame, settings: AlsSettings = AlsSettings()):
               **({"numUserBlocks": settings.blocks, "numItemBlocks": settings.blocks}
                  if settings.blocks > 0 else {}))
     return als.fit(ratings)
+
+
+def fold_in(item_factors: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+            ratings: np.ndarray, settings: AlsSettings) -> np.ndarray:
+    """Factors ``[users, rank]`` of users ALS never saw, from their ratings (CSR:
+    ``items[offsets[u]:offsets[u+1]]`` are rows of ``item_factors``), the item factors
+    held fixed: the normal equations Spark's ALS solves for each user in its last
+    half-iteration, so a user it did fit gets back (to float precision) the factors it
+    learned.
+
+    * explicit: ``(Σ y yᵀ + λ n I) x = Σ r y`` over the user's n ratings;
+    * implicit (Hu et al. 2008, Spark's form): with ``c = α|r|``,
+      ``(YᵀY + Σ c y yᵀ + λ n I) x = Σ_{r>0} (1 + c) y``, n = number of ratings > 0.
+
+    λ is ``settings.reg_param``, scaled by n as in ALS-WR (Spark does the same).
+    """
+    y = np.asarray(item_factors, np.float64)
+    users = offsets.size - 1
+    out = np.zeros((users, y.shape[1]), np.float32)
+    gram = y.T @ y if settings.implicit else None
+    for u in range(users):
+        lo, hi = offsets[u], offsets[u + 1]
+        yu = y[items[lo:hi]]
+        r = np.asarray(ratings[lo:hi], np.float64)
+        if settings.implicit:
+            c = settings.alpha * np.abs(r)
+            a = gram + (yu * c[:, None]).T @ yu
+            b = np.where(r > 0, 1.0 + c, 0.0) @ yu
+            n = int(np.count_nonzero(r > 0))
+        else:
+            a = yu.T @ yu
+            b = r @ yu
+            n = r.size
+        if n == 0:
+            continue  # nothing to fold in: the zero vector (scores 0 everywhere)
+        a[np.diag_indices_from(a)] += settings.reg_param * n
+        out[u] = np.linalg.solve(a, b)
+    return out
 
 
 def histories_uri(root: str, preprocess_run: str | None = None) -> str:

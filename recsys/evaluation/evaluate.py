@@ -10,7 +10,7 @@ Writes ``<root>/evaluate/<run_id>/``::
 Protocols (:mod:`recsys.evaluation.protocols`): held-out test users, temporal next-item,
 random 80/20 split. Models (:mod:`recsys.evaluation.models`): the two-tower model of the
 train run, most-popular, Spark MLlib ALS (lightly tuned on the validation users: the
-grid of ``evaluate.als_*``), and EASE when the catalog has at most
+grid of ``evaluate.als_*``; held-out users are folded in, never fitted on), and EASE when the catalog has at most
 ``evaluate.ease_max_movies`` movies. On the random split the two-tower model is retrained
 on the 80% (``evaluate.random_split_two_tower``): the production model has trained on
 those ratings, so scoring it there would leak.
@@ -38,7 +38,7 @@ from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
 from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k,
                                        paired_bootstrap, per_user, recall_at_k, top_k_exact)
-from recsys.evaluation.models import AlsScorer, Ease, MostPopular, TwoTower
+from recsys.evaluation.models import AlsFit, AlsScorer, Ease, MostPopular, TwoTower
 from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
 
@@ -117,29 +117,30 @@ def recall_curve(protocol: Protocol, top: np.ndarray) -> list[float]:
     return [round(recall_at_k(hits, n_rel, k), 5) for k in range(1, top.shape[1] + 1)]
 
 
-def tune_als(spark: SparkSession, corpus: Corpus, config: Config) -> tuple[AlsSettings, list]:
-    """The ALS grid of ``evaluate.als_*``, scored by Recall@20 on the validation users."""
+def tune_als(spark: SparkSession, corpus: Corpus, config: Config
+             ) -> tuple[AlsFit, list[dict[str, Any]]]:
+    """The ALS grid of ``evaluate.als_*``, each fitted on the training users and scored
+    by Recall@20 on the validation users (folded in); returns the best fit, which the
+    held-out test users are folded into as well (same training users, no second fit)."""
     cfg = config.evaluate
     validation = held_out_users(corpus, VALIDATION)
-    tried = []
+    tried, fits = [], []
     for rank_, reg, implicit in itertools.product(cfg.als_ranks, cfg.als_reg_params,
                                                   cfg.als_implicit):
         settings = AlsSettings(rank=rank_, reg_param=reg, max_iter=cfg.als_max_iter,
                                implicit=implicit, alpha=cfg.als_alpha, seed=config.train.seed,
                                blocks=cfg.als_blocks)
-        scorer = AlsScorer(spark, validation.fit, validation.query, corpus.movie_ids, settings)
-        top = rank(scorer, validation, corpus.n_movies)
+        fitted = AlsFit(spark, validation.fit, corpus.movie_ids, settings)
+        top = rank(AlsScorer(fitted, validation.query), validation, corpus.n_movies)
         hits = hits_matrix(top, validation.truth)
         r20 = recall_at_k(hits, np.diff(validation.truth[0]), 20)
         tried.append({"rank": rank_, "reg_param": reg, "implicit": implicit,
                       "validation_recall@20": round(r20, 5)})
+        fits.append(fitted)
         log.info("ALS rank=%d reg=%g implicit=%s: validation Recall@20 %.4f", rank_, reg,
                  implicit, r20)
-    best = max(tried, key=lambda t: t["validation_recall@20"])
-    return AlsSettings(rank=best["rank"], reg_param=best["reg_param"],
-                       max_iter=cfg.als_max_iter, implicit=best["implicit"],
-                       alpha=cfg.als_alpha, seed=config.train.seed,
-                       blocks=cfg.als_blocks), tried
+    best = max(range(len(tried)), key=lambda i: tried[i]["validation_recall@20"])
+    return fits[best], tried
 
 
 def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
@@ -210,7 +211,8 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
             "preprocess_run": os.path.basename(preprocess_dir.rstrip("/")),
             "movies": corpus.n_movies, "protocols": []}
         with manifest.timed("tune_als"):
-            als_settings, tried = tune_als(spark, corpus, config)
+            als_tuned, tried = tune_als(spark, corpus, config)
+        als_settings = als_tuned.settings
         results["als_tuning"] = {"tried": tried, "best": {
             "rank": als_settings.rank, "reg_param": als_settings.reg_param,
             "implicit": als_settings.implicit, "max_iter": als_settings.max_iter}}
@@ -232,8 +234,9 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                 else:
                     scorers.append((TwoTower.name, two_tower))
                 scorers.append((MostPopular.name, MostPopular(protocol.fit, corpus.n_movies)))
-                scorers.append((AlsScorer.name, AlsScorer(spark, protocol.fit, protocol.query,
-                                                          corpus.movie_ids, als_settings)))
+                als = als_tuned if als_tuned.fit.same(protocol.fit) \
+                    else AlsFit(spark, protocol.fit, corpus.movie_ids, als_settings)
+                scorers.append((AlsScorer.name, AlsScorer(als, protocol.query)))
                 if corpus.n_movies <= cfg.ease_max_movies:
                     scorers.append((Ease.name, Ease(protocol.fit, corpus.n_movies,
                                                     l2=cfg.ease_l2,

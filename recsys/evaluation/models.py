@@ -7,8 +7,8 @@ A scorer is fitted on a protocol's ``fit`` interactions and returns dense scores
 * :class:`MostPopular` — fit counts.
 * :class:`Ease` — Steck 2019, closed form ``B = I - P diag(1/diag P)`` with
   ``P = (XᵀX + λI)⁻¹`` on binary interactions; only for catalogs that fit in memory.
-* :class:`AlsScorer` — Spark MLlib ALS fitted on ``fit`` plus the query users' inputs
-  (the usual fold-in: ALS cannot embed a user it never saw), factors taken to numpy.
+* :class:`AlsScorer` — Spark MLlib ALS fitted on ``fit`` (:class:`AlsFit`); query users
+  it never saw are folded in (item factors fixed), as in Liang et al. 2018.
 * :class:`TwoTower` — the exported user tower on each query user's input history, dot
   product with the movie embeddings of the same train run.
 """
@@ -74,52 +74,60 @@ class Ease:
         return out
 
 
-class AlsScorer:
-    name = "ALS"
+class AlsFit:
+    """Spark MLlib ALS fitted on ``fit``, its factors taken to numpy by catalog column."""
 
-    def __init__(self, spark: "SparkSession", fit: Interactions, query: Interactions,
-                 catalog: np.ndarray, settings: "AlsSettings") -> None:
+    def __init__(self, spark: "SparkSession", fit: Interactions, catalog: np.ndarray,
+                 settings: "AlsSettings") -> None:
         from recsys.evaluation.als import fit_als
 
         self.settings = settings
-        ratings = _concat(fit, query)
+        self.fit = fit
         df = spark.createDataFrame(
-            _frame(ratings, catalog), "user_id long, movie_id long, rating float")
+            _frame(fit, catalog), "user_id long, movie_id long, rating float")
         model = fit_als(df, settings)
         users = model.userFactors.toPandas()
         items = model.itemFactors.toPandas()
-        dim = settings.rank
-        self.items = np.zeros((catalog.size, dim), np.float32)
+        self.items = np.zeros((catalog.size, settings.rank), np.float32)
         self.known_item = np.zeros(catalog.size, bool)
         if len(items):
             cols = columns_of(catalog, items["id"].to_numpy(np.int64))
             self.items[cols] = np.stack(items["features"].to_numpy()).astype(np.float32)
             self.known_item[cols] = True
-        self.query_factors = np.zeros((query.users, dim), np.float32)
-        if len(users):
-            ids = users["id"].to_numpy(np.int64)
-            pos = np.searchsorted(query.user_ids, ids)
-            pos = np.minimum(pos, max(query.users - 1, 0))
-            hit = query.user_ids[pos] == ids
-            self.query_factors[pos[hit]] = np.stack(users["features"].to_numpy())[hit]
+        order = np.argsort(users["id"].to_numpy(np.int64))
+        self.user_ids = users["id"].to_numpy(np.int64)[order]
+        self.user_factors = (np.stack(users["features"].to_numpy())[order].astype(np.float32)
+                             if len(users) else np.zeros((0, settings.rank), np.float32))
+
+
+class AlsScorer:
+    """ALS scores for ``query``: a user the model was fitted on keeps their factors; a
+    user it never saw (the held-out protocol's) is folded in from their input ratings with
+    the item factors fixed (:func:`recsys.evaluation.als.fold_in`), so the held-out users
+    stay out of training for ALS as for every other model."""
+
+    name = "ALS"
+
+    def __init__(self, model: AlsFit, query: Interactions) -> None:
+        from recsys.evaluation.als import fold_in
+
+        self.model = model
+        pos = np.minimum(np.searchsorted(model.user_ids, query.user_ids),
+                         max(model.user_ids.size - 1, 0))
+        seen = (model.user_ids[pos] == query.user_ids) if model.user_ids.size else \
+            np.zeros(query.users, bool)
+        self.query_factors = np.zeros((query.users, model.settings.rank), np.float32)
+        self.query_factors[seen] = model.user_factors[pos[seen]]
+        self.folded_in = int(np.count_nonzero(~seen))
+        if self.folded_in:
+            new = query.subset(np.flatnonzero(~seen), model.known_item[query.columns])
+            self.query_factors[~seen] = fold_in(model.items, new.offsets, new.columns,
+                                                new.ratings, model.settings)
 
     def scores(self, query: Interactions, rows: slice) -> np.ndarray:
-        s = self.query_factors[rows] @ self.items.T
-        s[:, ~self.known_item] = -np.inf
+        s = self.query_factors[rows] @ self.model.items.T
+        s[:, ~self.model.known_item] = -np.inf
         return s
-
-
-def _concat(a: Interactions, b: Interactions) -> Interactions:
-    """Both sets of users (b's users are never in a for the held-out protocol; for the
-    others b is a's own users, who then appear once)."""
-    extra = ~np.isin(b.user_ids, a.user_ids)
-    if not extra.any():
-        return a
-    add = b.subset(np.flatnonzero(extra))
-    return Interactions(np.concatenate([a.user_ids, add.user_ids]),
-                        np.concatenate([a.offsets, a.offsets[-1] + add.offsets[1:]]),
-                        np.concatenate([a.columns, add.columns]),
-                        np.concatenate([a.ratings, add.ratings]))
 
 
 def _frame(inter: Interactions, catalog: np.ndarray):

@@ -61,6 +61,11 @@ class Interactions:
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
         return self.offsets, self.columns
 
+    def same(self, other: "Interactions") -> bool:
+        """The same users with the same ratings (e.g. two protocols' training users)."""
+        return all(np.array_equal(getattr(self, f), getattr(other, f))
+                   for f in ("user_ids", "offsets", "columns", "ratings"))
+
 
 @dataclass(frozen=True)
 class Corpus:

@@ -28,22 +28,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError
 from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranked_movies
-from recsys.index.similar import SIMILAR
+from recsys.index import similar
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
 from recsys.publish.tables import (
-    commit_partition, publish_partition, register_table, stage_partition, warm_catalog,
+    commit_partition, register_table, stage_partition, warm_catalog,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ RECOMMENDATIONS = pa.schema([pa.field("user_id", pa.int32()),
                              pa.field("recommendations", MOVIE_SCORES), *_STAMP])
 USER_EMBEDDINGS = pa.schema([pa.field("user_id", pa.int32()),
                              pa.field("embedding", EMBEDDING), *_STAMP])
+SIMILAR_MOVIES = pa.schema([*similar.SCHEMA, *_STAMP])
 #: What each scoring task returns to the driver: one row per part file it wrote.
 WRITTEN = T.StructType([T.StructField("table", T.StringType()),
                         T.StructField("file", T.StringType()),
@@ -135,6 +136,35 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
     return score
 
 
+def stage_similar_movies(index_dir: str, staging: str, *, model_version: str,
+                         run_id: str) -> int:
+    """Write tonight's similar-movies partition into ``staging`` (complete, with
+    ``_SUCCESS``): the index run's table, computed once per model, with the stamp columns.
+    The movie side is small, so the driver writes it with pyarrow — in a thread while
+    the workers score — and it is committed with the other two tables. Returns its rows."""
+    table = io.read_parquet(io.join(index_dir, similar.SIMILAR))
+    n = table.num_rows
+    table = table.append_column(_STAMP[0], pa.array([model_version] * n, pa.string())) \
+        .append_column(_STAMP[1], pa.array([run_id] * n, pa.string()))
+    try:
+        table = table.select(SIMILAR_MOVIES.names).cast(SIMILAR_MOVIES)
+    except (KeyError, ValueError, pa.ArrowInvalid) as exc:
+        raise artifacts.ArtifactError(
+            f"{io.join(index_dir, similar.SIMILAR)} does not hold the similar-movies layout "
+            f"{similar.SCHEMA}: {exc}") from None
+    io.makedirs(staging)
+    writer = PartWriter(staging, SIMILAR_MOVIES, part_name(0, 0, run_id))
+    try:
+        for batch in table.to_batches():
+            writer.write(batch)
+        done = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    keep_only(staging, [done[0]] if done else [])
+    return n
+
+
 def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
               run_date: str | None = None, preprocess_run: str | None = None,
               train_run: str | None = None, index_run: str | None = None) -> ScoreResult:
@@ -177,28 +207,30 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
             tables[key] = register_table(spark, database=cfg.database, name=names[key],
                                          table_uri=uris[key])
 
-        with manifest.timed("score_and_write"):
-            written = histories.mapInArrow(_score_batches(
-                train_dir, index_dir, top_n=cfg.top_n, max_scann_depth=cfg.max_scann_depth,
-                staging=staging, model_version=model_version, run_id=run_id),
-                WRITTEN).collect()
+        similar_staging = stage_partition(uris["similar_movies"], run_date, run_id)
+        with ThreadPoolExecutor(1, thread_name_prefix="similar-movies") as pool:
+            similar_rows = pool.submit(stage_similar_movies, index_dir, similar_staging,
+                                       model_version=model_version, run_id=run_id)
+            with manifest.timed("score_and_write"):
+                written = histories.mapInArrow(_score_batches(
+                    train_dir, index_dir, top_n=cfg.top_n, max_scann_depth=cfg.max_scann_depth,
+                    staging=staging, model_version=model_version, run_id=run_id),
+                    WRITTEN).collect()
+            with manifest.timed("stage_similar_movies_wait"):
+                movies = similar_rows.result()
         rows = {key: sum(w.rows for w in written if w.table == key) for key in staging}
         if len(set(rows.values())) != 1:
             raise RuntimeError(f"the scoring tasks wrote different numbers of rows per "
                                f"table: {rows}")
-        manifest["counts"] = {"users": rows["recommendations"], "top_n": cfg.top_n}
+        manifest["counts"] = {"users": rows["recommendations"], "top_n": cfg.top_n,
+                              "similar_movies": movies}
         with manifest.timed("publish"):
             for key, directory in staging.items():
                 keep_only(directory, [w.file for w in written if w.table == key])
+            for key, directory in {**staging, "similar_movies": similar_staging}.items():
                 commit_partition(directory, table_uri=uris[key], run_date=run_date,
                                  run_id=run_id, manifest=published)
                 register(key)
-        with manifest.timed("publish_similar_movies"):
-            stamp = [F.lit(model_version).alias("model_version"), F.lit(run_id).alias("run_id")]
-            similar = spark.read.parquet(io.join(index_dir, SIMILAR)).select("*", *stamp)
-            publish_partition(spark, similar, table_uri=uris["similar_movies"],
-                              run_date=run_date, run_id=run_id, manifest=published, files=1)
-            register("similar_movies")
         manifest["tables"] = {k: {"name": v, "partition": f"run_date={run_date}"}
                               for k, v in tables.items()}
         manifest["table_root"] = table_root

@@ -107,16 +107,19 @@ def test_side_tables_and_the_catalog(scored):
         "print('ROWS', s.sql(\"SELECT count(*) FROM default.movielens_recommendations "
         f"WHERE run_date = '{RUN_DATE}'\").first()[0]); "
         "[print('SCHEMA', s.table('default.' + t).schema.simpleString()) for t in "
-        "('movielens_recommendations', 'movielens_user_embeddings')]; s.stop()")
+        "('movielens_recommendations', 'movielens_user_embeddings', "
+        "'movielens_similar_movies')]; s.stop()")
     out = subprocess.run([sys.executable, "-c", query], env=env(), capture_output=True,
                          text=True, timeout=300, cwd=meta)
     assert "ROWS 610" in out.stdout, out.stderr[-3000:]
-    # the schemas DESIGN §4.4 documents, as Spark SQL sees the files the workers wrote
+    # the schemas DESIGN §4.4 documents, as Spark SQL sees the files the workers (and, for
+    # similar movies, the driver) wrote
     stamp = "model_version:string,run_id:string,run_date:date"
     assert [line.split(" ", 1)[1] for line in out.stdout.splitlines()
             if line.startswith("SCHEMA ")] == [
         f"struct<user_id:int,recommendations:array<struct<movie_id:int,score:float>>,{stamp}>",
-        f"struct<user_id:int,embedding:array<float>,{stamp}>"]
+        f"struct<user_id:int,embedding:array<float>,{stamp}>",
+        f"struct<movie_id:int,similar:array<struct<movie_id:int,score:float>>,{stamp}>"]
 
 
 def test_rerunning_a_night_replaces_only_that_night(scored):

@@ -1,0 +1,40 @@
+"""Tonight's similar-movies partition, staged by the driver from the index run's table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.artifacts import ArtifactError
+from recsys.index.similar import SIMILAR, similar_table
+from recsys.scoring.score import SIMILAR_MOVIES, stage_similar_movies
+
+
+def test_the_index_table_is_staged_with_the_stamp_and_success(tmp_path):
+    index_dir = tmp_path / "index"
+    (index_dir / SIMILAR).mkdir(parents=True)
+    table = similar_table(np.array([10, 20, 30]), np.array([[20, 30], [10, 30], [20, 10]]),
+                          np.array([[0.9, 0.5], [0.9, 0.4], [0.5, 0.5]], np.float32))
+    pq.write_table(table, index_dir / SIMILAR / "part-0.parquet")
+    staging = tmp_path / "tables" / "_staging" / "run_date=2026-11-24-r1"
+    assert stage_similar_movies(str(index_dir), str(staging), model_version="m7",
+                                run_id="r1") == 3
+    assert sorted(p.name for p in staging.iterdir()) == ["_SUCCESS", "part-00000-r1-a0.parquet"]
+    staged = pq.read_table(staging / "part-00000-r1-a0.parquet")
+    assert staged.schema.equals(SIMILAR_MOVIES)
+    assert staged.column("similar").to_pylist() == table.column("similar").to_pylist()
+    assert set(staged.column("model_version").to_pylist()) == {"m7"}
+    assert set(staged.column("run_id").to_pylist()) == {"r1"}
+
+
+def test_an_index_table_of_another_layout_is_refused(tmp_path):
+    index_dir = tmp_path / "index"
+    (index_dir / SIMILAR).mkdir(parents=True)
+    pq.write_table(pa.table({"movie_id": [1], "neighbours": [[2]]}),
+                   index_dir / SIMILAR / "part-0.parquet")
+    with pytest.raises(ArtifactError, match="similar-movies layout"):
+        stage_similar_movies(str(index_dir), str(tmp_path / "staging"), model_version="m",
+                             run_id="r")
+    assert not (tmp_path / "staging").exists()
