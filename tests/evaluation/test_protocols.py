@@ -7,8 +7,8 @@ import pytest
 
 from recsys.evaluation.evaluate import protocol_metrics, rank
 from recsys.evaluation.models import Ease, MostPopular
-from recsys.evaluation.protocols import (TEST, TRAIN, Corpus, Interactions, held_out_users,
-                                         random_split, temporal)
+from recsys.evaluation.protocols import (TEST, TRAIN, VALIDATION, Corpus, Interactions,
+                                         held_out_users, random_split, temporal)
 
 
 def corpus() -> Corpus:
@@ -85,3 +85,13 @@ def test_ease_matches_the_closed_form():
     assert Ease(p.fit, 6, l2=1.0, min_count=3).kept.tolist() == [2]  # only movie 2 has 3
     with pytest.raises(ValueError, match="ease_max_movies"):
         Ease(p.fit, 6, max_movies=5)
+
+
+def test_held_out_protocols_share_their_training_users_and_the_others_do_not():
+    # the evaluation folds the test users into the ALS fit it tuned on the validation
+    # users: that is only right when both protocols fit the very same ratings
+    c = corpus()
+    test_fit = held_out_users(c, TEST).fit
+    assert test_fit.same(held_out_users(c, VALIDATION).fit)
+    assert not test_fit.same(temporal(c).fit)  # same users, last ratings left out
+    assert not test_fit.same(random_split(c, seed=0, test_fraction=0.5).fit)
