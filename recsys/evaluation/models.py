@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recsys.evaluation.metrics import most_popular_scores
-from recsys.evaluation.protocols import Interactions, columns_of
+from recsys.evaluation.protocols import Interactions, columns_of, positions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -94,8 +94,9 @@ class AlsFit:
             cols = columns_of(catalog, items["id"].to_numpy(np.int64))
             self.items[cols] = np.stack(items["features"].to_numpy()).astype(np.float32)
             self.known_item[cols] = True
-        order = np.argsort(users["id"].to_numpy(np.int64))
-        self.user_ids = users["id"].to_numpy(np.int64)[order]
+        ids = users["id"].to_numpy(np.int64)
+        order = np.argsort(ids)
+        self.user_ids = ids[order]
         self.user_factors = (np.stack(users["features"].to_numpy())[order].astype(np.float32)
                              if len(users) else np.zeros((0, settings.rank), np.float32))
 
@@ -112,10 +113,7 @@ class AlsScorer:
         from recsys.evaluation.als import fold_in
 
         self.model = model
-        pos = np.minimum(np.searchsorted(model.user_ids, query.user_ids),
-                         max(model.user_ids.size - 1, 0))
-        seen = (model.user_ids[pos] == query.user_ids) if model.user_ids.size else \
-            np.zeros(query.users, bool)
+        pos, seen = positions(model.user_ids, query.user_ids)
         self.query_factors = np.zeros((query.users, model.settings.rank), np.float32)
         self.query_factors[seen] = model.user_factors[pos[seen]]
         self.folded_in = int(np.count_nonzero(~seen))

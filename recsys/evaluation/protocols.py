@@ -85,14 +85,23 @@ class Corpus:
         return columns_of(self.movie_ids, movie_ids)
 
 
+def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each of ``ids`` in the sorted array ``sorted_ids``; a position
+    is meaningful only where found."""
+    ids = np.asarray(ids)
+    if sorted_ids.size == 0:
+        return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1).astype(np.int64)
+    return pos, sorted_ids[pos] == ids
+
+
 def columns_of(catalog: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
     """Column of each raw movie id in the sorted ``catalog``; unknown ids are an error."""
-    pos = np.minimum(np.searchsorted(catalog, movie_ids), max(catalog.size - 1, 0))
-    if catalog.size == 0 or not np.all(catalog[pos] == movie_ids):
-        missing = np.asarray(movie_ids)[catalog[pos] != movie_ids][:5] if catalog.size else \
-            np.asarray(movie_ids)[:5]
+    pos, found = positions(catalog, movie_ids)
+    if catalog.size == 0 or not found.all():
+        missing = np.asarray(movie_ids)[~found][:5]
         raise ValueError(f"movie ids {missing.tolist()} are not in the movie table")
-    return pos.astype(np.int64)
+    return pos
 
 
 def load_corpus(preprocess_dir: str) -> Corpus:

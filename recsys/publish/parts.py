@@ -47,7 +47,8 @@ class PartWriter:
 
     Batches must have ``schema`` exactly (the table's published schema); each becomes a
     row group. :meth:`close` returns the file's name and its rows, or None when no batch
-    was written (an empty partition leaves no file).
+    was written (an empty partition leaves no file). Used as a context manager, an
+    exception inside the block aborts the file (:meth:`abort`).
     """
 
     directory: str
@@ -56,6 +57,13 @@ class PartWriter:
     rows: int = 0
     _writer: pq.ParquetWriter | None = None
     _sink: object = None
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.schema != self.schema:

@@ -86,11 +86,16 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
     return train_dir, index_dir, model_version
 
 
+def _stamp(rows: int, model_version: str, run_id: str) -> list[pa.Array]:
+    """The ``model_version`` and ``run_id`` columns (``_STAMP``) of a night's table."""
+    return [pa.array([model_version] * rows, pa.string()),
+            pa.array([run_id] * rows, pa.string())]
+
+
 def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_depth: int,
                    staging: dict[str, str], model_version: str, run_id: str):
     """The ``mapInArrow`` function: score each batch of histories and write the rows to
     this task's part file of each table (``staging``: table key -> staged directory)."""
-    schemas = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS}
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import recsys  # noqa: F401  (the worker's environment, set before any TensorFlow)
@@ -99,8 +104,9 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
         tower, scann, exact = load_scoring_artifacts(train_dir, index_dir)
         partition, attempt = task_identity()
         name = part_name(partition, attempt, run_id)
-        writers = {key: PartWriter(staging[key], schemas[key], name) for key in schemas}
-        try:
+        # a failure aborts both files: a reused worker must not keep them open
+        with PartWriter(staging["recommendations"], RECOMMENDATIONS, name) as recs_out, \
+                PartWriter(staging["user_embeddings"], USER_EMBEDDINGS, name) as emb_out:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
@@ -113,21 +119,18 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
                     ratings=ratings.astype(np.float32, copy=False), n=top_n,
                     max_scann_depth=max_scann_depth)
                 users = batch.column("user_id").cast(pa.int32())
-                stamp = [pa.array([model_version] * batch.num_rows, pa.string()),
-                         pa.array([run_id] * batch.num_rows, pa.string())]
+                stamp = _stamp(batch.num_rows, model_version, run_id)
                 emb = recs.embeddings.astype(np.float32)
-                writers["recommendations"].write(pa.RecordBatch.from_arrays(
+                recs_out.write(pa.RecordBatch.from_arrays(
                     [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
                     schema=RECOMMENDATIONS))
-                writers["user_embeddings"].write(pa.RecordBatch.from_arrays(
+                emb_out.write(pa.RecordBatch.from_arrays(
                     [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0],
                                         emb.shape[1], EMBEDDING), *stamp],
                     schema=USER_EMBEDDINGS))
-            written = [(key, *done) for key, w in writers.items() if (done := w.close())]
-        except BaseException:
-            for w in writers.values():  # a reused worker must not keep the files open
-                w.abort()
-            raise
+            written = [(key, *done) for key, w in (("recommendations", recs_out),
+                                                   ("user_embeddings", emb_out))
+                       if (done := w.close())]
         yield pa.RecordBatch.from_arrays(
             [pa.array([w[0] for w in written], pa.string()),
              pa.array([w[1] for w in written], pa.string()),
@@ -144,8 +147,8 @@ def stage_similar_movies(index_dir: str, staging: str, *, model_version: str,
     the workers score — and it is committed with the other two tables. Returns its rows."""
     table = io.read_parquet(io.join(index_dir, similar.SIMILAR))
     n = table.num_rows
-    table = table.append_column(_STAMP[0], pa.array([model_version] * n, pa.string())) \
-        .append_column(_STAMP[1], pa.array([run_id] * n, pa.string()))
+    for field, column in zip(_STAMP, _stamp(n, model_version, run_id)):
+        table = table.append_column(field, column)
     try:
         table = table.select(SIMILAR_MOVIES.names).cast(SIMILAR_MOVIES)
     except (KeyError, ValueError, pa.ArrowInvalid) as exc:
@@ -153,14 +156,10 @@ def stage_similar_movies(index_dir: str, staging: str, *, model_version: str,
             f"{io.join(index_dir, similar.SIMILAR)} does not hold the similar-movies layout "
             f"{similar.SCHEMA}: {exc}") from None
     io.makedirs(staging)
-    writer = PartWriter(staging, SIMILAR_MOVIES, part_name(0, 0, run_id))
-    try:
+    with PartWriter(staging, SIMILAR_MOVIES, part_name(0, 0, run_id)) as writer:
         for batch in table.to_batches():
             writer.write(batch)
         done = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
     keep_only(staging, [done[0]] if done else [])
     return n
 

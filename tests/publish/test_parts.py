@@ -74,3 +74,18 @@ def test_an_aborted_attempt_leaves_a_file_that_the_commit_removes(tmp_path):
     assert done is not None
     keep_only(directory, [done[0]])
     assert pq.read_table(directory).column("user_id").to_pylist() == [1, 2]
+
+
+def test_a_failure_inside_the_with_block_aborts_the_file_and_propagates(tmp_path):
+    directory = str(tmp_path / "staged")
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        with PartWriter(directory, SCHEMA, part_name(0, 0, "r")) as writer:
+            writer.write(_batch([1]))
+            raise RuntimeError("scoring failed")
+    assert writer._writer is None and writer._sink is None  # released: nothing kept open
+    assert writer.close() is None  # an aborted file is never reported as written
+    with PartWriter(directory, SCHEMA, part_name(0, 1, "r")) as retried:
+        retried.write(_batch([1, 2]))
+        done = retried.close()
+    keep_only(directory, [done[0]])
+    assert pq.read_table(directory).column("user_id").to_pylist() == [1, 2]
