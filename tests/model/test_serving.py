@@ -49,6 +49,11 @@ def test_numpy_form_equals_the_folded_and_keras_towers(layers, normalize, tmp_pa
     # the rating of a padded column is ignored
     r2 = np.where(m == 0, 5.0, r).astype(np.float32)
     np.testing.assert_allclose(np_tower(m, r2), got, atol=1e-6)
+    # a batch without padding (the usual length-sorted batch) takes the cached causal mask
+    rng = np.random.default_rng(4)
+    full = np.where(m > 0, m, rng.integers(1, IDS.size + 1, size=m.shape)).astype(m.dtype)
+    rf = np.where(m > 0, r, 3.5).astype(np.float32)
+    np.testing.assert_allclose(np_tower(full, rf), tower((full, rf)).numpy(), rtol=0, atol=2e-6)
 
 
 def test_exported_forms_agree_on_raw_ids_and_unknown_ids_are_padding(tmp_path):
@@ -66,6 +71,13 @@ def test_exported_forms_agree_on_raw_ids_and_unknown_ids_are_padding(tmp_path):
     unknown = np.where(raw > 0, raw, 123_456_789)  # padding replaced by unknown ids
     np.testing.assert_allclose(np_form.embed(unknown, r), np_form.embed(raw, r), atol=1e-6)
     np.testing.assert_allclose(saved.embed(unknown, r), np_form.embed(unknown, r), atol=2e-6)
+    # ids too large for the dense id table take the sorted lookup, with the same result
+    with np.load(tmp_path / SERVING_ARRAYS) as data:
+        arrays = {k: data[k] for k in data.files}
+    big = NumpyHistoryTower({**arrays, "movie_ids": IDS + 60_000_000})
+    big_raw = np.where(raw > 0, raw + 60_000_000, 0)
+    np.testing.assert_allclose(big.embed(big_raw, r), np_form.embed(raw, r), rtol=0, atol=0)
+    np.testing.assert_array_equal(big.index_of(big_raw), np_form.module.index_of(raw))
     # batching by history length gives the same embeddings as one full-width call
     lengths = (m > 0).sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(lengths)])

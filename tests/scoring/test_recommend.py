@@ -51,6 +51,36 @@ def test_drop_seen_by_hand():
     assert top_scores[0].tolist() == [4, 2]
 
 
+@pytest.mark.parametrize("marks_bytes, id_offset", [
+    (1 << 22, 0),  # marks, one chunk
+    (5_000, 0),  # marks, a chunk of one row
+    (12_000, 0),  # marks, chunks of three rows: the last chunk is short
+    (1 << 22, 10_000_000),  # ids too large to mark: sorted lookup
+])
+def test_drop_seen_matches_a_per_user_set_difference(monkeypatch, marks_bytes, id_offset):
+    import recsys.scoring.recommend as rec
+
+    monkeypatch.setattr(rec, "MARKS_BYTES", marks_bytes)
+    rng = np.random.default_rng(3)
+    users, depth, n = 7, 40, 12
+    seen = [rng.choice(4_000, size=s, replace=False) + id_offset
+            for s in (0, 3, 39, 200, 1, 3_000, 25)]
+    offsets = np.concatenate([[0], np.cumsum([h.size for h in seen])])
+    cand = np.stack([rng.choice(4_000, size=depth, replace=False) for _ in range(users)])
+    cand += id_offset
+    cand[3, :20] = seen[3][:20]  # rated candidates at the top of a list
+    scores = -np.sort(rng.random((users, depth)).astype(np.float32), axis=1)
+    scores[1, 5] = np.nan  # a candidate without a finite score is never kept
+    top, top_scores, complete = drop_seen(cand, scores, offsets, np.concatenate(seen), n)
+    for u in range(users):
+        keep = ~np.isin(cand[u], seen[u]) & np.isfinite(scores[u])
+        want = cand[u][keep][:n]
+        assert top[u][:want.size].tolist() == want.tolist()
+        assert top_scores[u][:want.size].tolist() == scores[u][keep][:n].tolist()
+        assert complete[u] == (want.size == n)
+    assert not complete[5] and complete[0]
+
+
 def test_every_user_gets_n_unrated_movies_even_with_thousands_rated(parts):
     tower, emb, ids, scann, exact = parts
     rng = np.random.default_rng(1)
