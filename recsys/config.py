@@ -138,9 +138,15 @@ class IndexConfig:
 
     #: Neighbours the index is built and its recall measured for (= scoring's top N).
     num_neighbors: int = 100
-    #: ScaNN tree leaves, leaves searched, candidates re-ordered exactly; 0 = sized to the
-    #: catalog (no tree up to 250,000 movies, else about sqrt(movies) leaves, half
-    #: searched; 10 x num_neighbors re-ordered).
+    #: How ScaNN scores the movies of the leaves it searches: "brute" (float32 dot
+    #: products; a tree of about 2 sqrt(movies) leaves), "ah" (asymmetric hashing + exact
+    #: re-ordering; no tree up to 250,000 movies, else about sqrt(movies) leaves, half
+    #: searched) or "auto" (brute up to 250,000 movies, else ah).
+    scoring: str = "auto"
+    #: ScaNN tree leaves, leaves searched, candidates re-ordered exactly (ah); 0 = sized
+    #: to the catalog, and the one that sets the search's cost (leaves searched for brute,
+    #: re-ordered for ah) tuned by the build: the cheapest value that reaches
+    #: recall_floor + recall_margin on half the sampled users.
     leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 0
@@ -149,9 +155,16 @@ class IndexConfig:
     #: The build fails (nothing published) when ScaNN's recall@num_neighbors against exact
     #: search on sampled real user embeddings is below this.
     recall_floor: float = 0.99
+    #: What the search tuning aims above the floor (the other half checks the floor).
+    recall_margin: float = 0.005
     recall_sample_users: int = 2000
     #: Neighbours per movie in the similar-movies table (built here, published by score).
     similar_movies: int = 20
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("auto", "brute", "ah"):
+            raise ConfigError(f"index.scoring must be 'auto', 'brute' or 'ah', got "
+                              f"{self.scoring!r}")
 
 
 @dataclass(frozen=True)

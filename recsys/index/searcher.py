@@ -4,8 +4,10 @@ Two kinds, one interface (:class:`MovieSearcher`):
 
 * ``exact`` — ScaNN brute force in float32: the ground truth, and what scoring falls back
   to when a search must go deeper than the approximate index is tuned for.
-* ``scann`` — asymmetric hashing (with tree partitioning for large catalogs) + exact
-  re-ordering of the best candidates, with settings sized to the catalog (:func:`scann_settings`).
+* ``scann`` — tree partitioning with exact scoring in the searched leaves (catalogs up to
+  :data:`TREE_ABOVE` movies), or asymmetric hashing + exact re-ordering of the best
+  candidates, with settings sized to the catalog (:func:`scann_settings`) and tuned on
+  real users by the index build (:func:`tune_search`).
 
 A searcher is built on the driver, ``save()``-d to a directory (ScaNN's own
 ``serialize()`` plus the movie ids), and ``load()``-ed on each worker. The plain pybind
@@ -57,6 +59,10 @@ def _scann():
     return scann_ops_pybind
 
 
+#: How the ScaNN searcher scores the movies of the leaves it searches.
+SCORING = ("auto", "brute", "ah")
+
+
 @dataclass(frozen=True)
 class ScannSettings:
     num_leaves: int
@@ -64,38 +70,59 @@ class ScannSettings:
     training_sample_size: int
     dims_per_block: int
     anisotropic_threshold: float
+    #: Candidates re-ordered exactly (``ah`` only; 0 for ``brute``).
     reorder: int
+    #: ``brute``: float32 dot products with every movie of the searched leaves (a tree
+    #: partitions the catalog; nothing to re-order); ``ah``: asymmetric hashing, then the
+    #: best ``reorder`` candidates re-scored exactly.
+    scoring: str = "ah"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-#: Below this many movies the searcher is asymmetric hashing over the whole catalog (no
-#: tree): on the full-scale corpus (62,423 movies, trained 64-d embeddings, 8,192 real
-#: users, top 256) it found 0.9987 of the exact top-100 in 0.98 s on one core, while a
-#: tree needed half of its 250 leaves searched to pass 0.99 and then took 1.59 s.
+#: Up to this many movies the searcher is a tree of about 2 sqrt(n) leaves with exact
+#: (float32) scoring in the leaves it searches; above it, asymmetric hashing in the
+#: leaves of about sqrt(n) and exact re-ordering. Measured on the full-scale corpus
+#: (62,423 movies, trained 64-d embeddings, 8,192 real users, top 256, one core): 500
+#: leaves with 60 searched found 0.9948 of the exact top-100 in 0.45-0.51 s; hashing over
+#: the whole catalog with 500 re-ordered 0.9966 in 0.87 s, with 1,000 re-ordered 0.9994
+#: in 1.17 s; a tree of 500 leaves (60 searched) with hashing and 512 re-ordered 0.9942 in
+#: 0.79 s; exact search over every movie took 1.21 s.
 TREE_ABOVE = 250_000
 
 
-def scann_settings(n_movies: int, num_neighbors: int, *, leaves: int = 0,
-                   leaves_to_search: int = 0, reorder: int = 0,
+def scann_settings(n_movies: int, num_neighbors: int, *, scoring: str = "auto",
+                   leaves: int = 0, leaves_to_search: int = 0, reorder: int = 0,
                    dims_per_block: int = 2, anisotropic_threshold: float = 0.2) -> ScannSettings:
     """Settings sized to the catalog; any value given (> 0) wins over the sizing rule.
 
-    Up to :data:`TREE_ABOVE` movies: no tree (one leaf), every movie scored by asymmetric
-    hashing, the best 10x ``num_neighbors`` re-ordered exactly. Larger catalogs: about
-    sqrt(n) leaves, half of them searched.
+    ``scoring="auto"``: ``brute`` up to :data:`TREE_ABOVE` movies, else ``ah``.
+    ``brute``: about 2 sqrt(n) leaves, an eighth of them searched. ``ah``: up to
+    :data:`TREE_ABOVE` movies no tree (every movie hashed), above it about sqrt(n) leaves,
+    half of them searched; 10x ``num_neighbors`` re-ordered. Leaves hold at least 50
+    movies. The index build tunes the leaves searched (``brute``) or the re-order count
+    (``ah``) when they are not given (:func:`tune_search`).
     """
+    if scoring not in SCORING:
+        raise ValueError(f"index scoring must be one of {SCORING}, got {scoring!r}")
+    if scoring == "auto":
+        scoring = "brute" if n_movies <= TREE_ABOVE else "ah"
     if leaves <= 0:
-        leaves = 1 if n_movies <= TREE_ABOVE else int(round(math.sqrt(n_movies)))
+        if scoring == "brute":
+            leaves = int(round(2 * math.sqrt(n_movies)))
+        else:
+            leaves = 1 if n_movies <= TREE_ABOVE else int(round(math.sqrt(n_movies)))
     leaves = max(1, min(leaves, n_movies // 50 or 1))
     if leaves_to_search <= 0:
-        leaves_to_search = max(1, int(math.ceil(leaves / 2)))
+        leaves_to_search = max(1, int(math.ceil(leaves / (8 if scoring == "brute" else 2))))
     leaves_to_search = min(leaves_to_search, leaves)
-    if reorder <= 0:
-        reorder = 10 * num_neighbors
+    if scoring == "brute":
+        reorder = 0
+    else:
+        reorder = max(reorder if reorder > 0 else 10 * num_neighbors, num_neighbors)
     return ScannSettings(leaves, leaves_to_search, min(n_movies, 100_000), dims_per_block,
-                         anisotropic_threshold, max(reorder, num_neighbors))
+                         anisotropic_threshold, reorder, scoring)
 
 
 class MovieSearcher:
@@ -136,16 +163,24 @@ class MovieSearcher:
             if s.num_leaves > 1:
                 b = b.tree(num_leaves=s.num_leaves, num_leaves_to_search=s.leaves_to_search,
                            training_sample_size=s.training_sample_size)
-            searcher = b.score_ah(s.dims_per_block,
-                                  anisotropic_quantization_threshold=s.anisotropic_threshold
-                                  ).reorder(s.reorder).build()
+            if s.scoring == "brute":
+                searcher = b.score_brute_force().build()
+            else:
+                searcher = b.score_ah(s.dims_per_block,
+                                      anisotropic_quantization_threshold=s.anisotropic_threshold
+                                      ).reorder(s.reorder).build()
             record["settings"] = s.to_dict()
         else:
             raise ValueError(f"searcher kind must be 'exact' or 'scann', got {kind!r}")
         return cls(searcher, np.asarray(movie_ids), record)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(movie ids [B, k], scores [B, k]) best first; k is capped at the catalog size."""
+    def search(self, queries: np.ndarray, k: int, *, reorder: int | None = None,
+               leaves_to_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(movie ids [B, k], scores [B, k]) best first; k is capped at the catalog size.
+
+        A ``scann`` searcher with a tree searches ``leaves_to_search`` leaves; with
+        hashing it re-orders ``max(2k, reorder)`` candidates exactly. Both default to the
+        searcher's settings."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.info["dim"]:
             raise ValueError(
@@ -153,13 +188,30 @@ class MovieSearcher:
         k = min(k, self.size)
         if q.shape[0] == 0:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        pre = None
-        if self.kind == "scann":  # deep searches re-order twice what they return
-            pre = min(self.size, max(2 * k, self.info["settings"]["reorder"]))
-        idx, scores = self._searcher.search_batched(q, final_num_neighbors=k,
-                                                    pre_reorder_num_neighbors=pre)
+        options: dict[str, int] = {}
+        if self.kind == "scann":
+            s = self.info["settings"]
+            if s.get("scoring", "ah") == "ah":  # deep searches re-order twice what they return
+                options["pre_reorder_num_neighbors"] = min(
+                    self.size, max(2 * k, reorder or s["reorder"]))
+            if s["num_leaves"] > 1:
+                options["leaves_to_search"] = min(s["num_leaves"],
+                                                  leaves_to_search or s["leaves_to_search"])
+        idx, scores = self._searcher.search_batched(q, final_num_neighbors=k, **options)
         idx = np.asarray(idx, np.int64)
         return self.movie_ids[idx], np.asarray(scores, np.float32)
+
+    def with_search(self, **settings: int) -> "MovieSearcher":
+        """The same ScaNN searcher with other search-time settings (``reorder``,
+        ``leaves_to_search``): nothing is rebuilt."""
+        if self.kind != "scann":
+            raise ValueError(f"only a 'scann' searcher has search settings, this one is "
+                             f"{self.kind!r}")
+        unknown = set(settings) - {"reorder", "leaves_to_search"}
+        if unknown:
+            raise ValueError(f"not search-time settings: {sorted(unknown)}")
+        merged = {**self.info["settings"], **{k: int(v) for k, v in settings.items()}}
+        return MovieSearcher(self._searcher, self.movie_ids, {**self.info, "settings": merged})
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -178,6 +230,40 @@ class MovieSearcher:
             info = json.load(fh)
         searcher = _scann().load_searcher(directory)
         return cls(searcher, np.load(os.path.join(directory, MOVIE_IDS)), info)
+
+
+#: What :func:`tune_search` tries: leaves searched as shares of the tree (``brute``), or
+#: re-order counts as multiples of the neighbours wanted (``ah``).
+LEAF_SHARES = (1 / 16, 1 / 12, 1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 1)
+REORDER_MULTIPLES = (3, 5, 10, 20, 40)
+
+
+def search_ladder(searcher: MovieSearcher, k: int) -> tuple[str, list[int]]:
+    """(setting, increasing values) that :func:`tune_search` tries for this searcher."""
+    s = searcher.info["settings"]
+    if s.get("scoring", "ah") == "brute":
+        leaves = s["num_leaves"]
+        return "leaves_to_search", sorted({max(1, int(math.ceil(share * leaves)))
+                                           for share in LEAF_SHARES})
+    return "reorder", sorted({min(searcher.size, m * k) for m in REORDER_MULTIPLES})
+
+
+def tune_search(searcher: MovieSearcher, queries: np.ndarray, truth: np.ndarray, *,
+                target: float) -> tuple[str, int, dict[int, float]]:
+    """The cheapest search setting whose recall@k (k = ``truth``'s width, the exact top-k
+    of ``queries``) reaches ``target``: the fewest leaves searched for a tree with exact
+    scoring, the fewest re-ordered candidates for hashing (:func:`search_ladder`, tried in
+    increasing order). Returns (setting, value, {value tried: recall}); when nothing
+    reaches the target, the largest value tried (the caller checks its floor)."""
+    k = truth.shape[1]
+    name, values = search_ladder(searcher, k)
+    tried: dict[int, float] = {}
+    for value in values:
+        found, _ = searcher.search(queries, k, **{name: value})
+        tried[value] = recall_at_k(found, truth)
+        if tried[value] >= target:
+            return name, value, tried
+    return name, max(tried), tried
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:

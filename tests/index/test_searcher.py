@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.index.searcher import MovieSearcher, recall_at_k, scann_settings
+from recsys.index.searcher import (
+    MovieSearcher, recall_at_k, scann_settings, search_ladder, tune_search,
+)
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -33,20 +35,29 @@ def test_exact_searcher_is_the_numpy_ground_truth():
 
 
 def test_sizing_rule():
-    small = scann_settings(62_423, 100)  # the ml-25m catalog: hashing over every movie
-    assert (small.num_leaves, small.leaves_to_search, small.reorder) == (1, 1, 1000)
-    big = scann_settings(1_000_000, 100)
-    assert (big.num_leaves, big.leaves_to_search, big.reorder) == (1000, 500, 1000)
-    given = scann_settings(62_423, 100, leaves=300, leaves_to_search=900, reorder=50)
+    small = scann_settings(62_423, 100)  # the ml-25m catalog: a tree, exact in the leaves
+    assert (small.scoring, small.num_leaves, small.leaves_to_search, small.reorder) == \
+        ("brute", 500, 63, 0)
+    big = scann_settings(1_000_000, 100)  # hashing in the leaves, re-ordered
+    assert (big.scoring, big.num_leaves, big.leaves_to_search, big.reorder) == \
+        ("ah", 1000, 500, 1000)
+    hashed = scann_settings(62_423, 100, scoring="ah")  # no tree below 250,000 movies
+    assert (hashed.num_leaves, hashed.leaves_to_search, hashed.reorder) == (1, 1, 1000)
+    given = scann_settings(62_423, 100, scoring="ah", leaves=300, leaves_to_search=900,
+                           reorder=50)
     assert (given.num_leaves, given.leaves_to_search, given.reorder) == (300, 300, 100)
+    assert scann_settings(400, 10).num_leaves == 8  # leaves hold at least 50 movies
+    with pytest.raises(ValueError, match="must be one of"):
+        scann_settings(100, 10, scoring="lsh")
 
 
-@pytest.mark.parametrize("leaves", [0, 60], ids=["sized", "tree"])
-def test_scann_recall_is_measured_and_survives_serialization(tmp_path, leaves):
+@pytest.mark.parametrize("scoring, leaves", [("brute", 0), ("ah", 0), ("ah", 60)],
+                         ids=["tree-brute", "hashing", "tree-hashing"])
+def test_scann_recall_is_measured_and_survives_serialization(tmp_path, scoring, leaves):
     db, q = clustered(6000, 16, 2), clustered(300, 16, 3)
     ids = np.arange(6000) + 1
-    settings = scann_settings(6000, 50, leaves=leaves)
-    assert settings.num_leaves == (leaves or 1)
+    settings = scann_settings(6000, 50, scoring=scoring, leaves=leaves, leaves_to_search=40)
+    assert settings.num_leaves == (leaves or {"brute": 120, "ah": 1}[scoring])
     searcher = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50, settings=settings)
     approx, _ = searcher.search(q, 50)
     exact, _ = numpy_top_k(q, db, ids, 50)
@@ -73,3 +84,43 @@ def test_bad_inputs_are_named():
         s.search(np.zeros((2, 4)), 5)
     with pytest.raises(ValueError, match="'exact' or 'scann'"):
         MovieSearcher.build(db, np.arange(100), kind="lsh")
+
+
+@pytest.mark.parametrize("scoring", ["brute", "ah"])
+def test_search_tuning_takes_the_cheapest_setting_that_reaches_the_target(scoring):
+    db, q = clustered(6000, 16, 5), clustered(400, 16, 6)
+    ids = np.arange(6000) + 1
+    searcher = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
+                                   settings=scann_settings(6000, 50, scoring=scoring))
+    truth, _ = numpy_top_k(q, db, ids, 50)
+    name, ladder = search_ladder(searcher, 50)
+    assert (name, ladder) == {"brute": ("leaves_to_search", [8, 10, 15, 20, 30, 40, 60, 120]),
+                              "ah": ("reorder", [150, 250, 500, 1000, 2000])}[scoring]
+    # an unreachable target: every value is tried, and recall grows with the value
+    _, value, every = tune_search(searcher, q, truth, target=1.01)
+    assert sorted(every) == ladder and value == ladder[-1]
+    assert list(every.values()) == sorted(every.values())
+    if scoring == "brute":
+        assert every[120] == 1.0  # every leaf searched, exactly scored: the exact top-k
+    # a target between two measured recalls stops at the first value that reaches it
+    first_above = next(v for v in ladder if every[v] > every[ladder[0]])
+    _, chosen, tried = tune_search(searcher, q, truth, target=every[first_above])
+    assert chosen == first_above and max(tried) == first_above
+    # the retuned searcher uses that value by default, on the same ScaNN object
+    tuned = searcher.with_search(**{name: chosen})
+    assert tuned.info["settings"][name] == chosen
+    assert searcher.info["settings"][name] == {"brute": 15, "ah": 500}[scoring]  # unchanged
+    np.testing.assert_array_equal(tuned.search(q, 50)[0],
+                                  searcher.search(q, 50, **{name: chosen})[0])
+    assert recall_at_k(tuned.search(q, 50)[0], truth) == every[chosen]
+
+
+def test_search_settings_are_checked():
+    db = clustered(400, 16, 7)
+    small = MovieSearcher.build(db, np.arange(400), kind="scann", num_neighbors=50,
+                                settings=scann_settings(400, 50, scoring="ah"))
+    assert search_ladder(small, 50) == ("reorder", [150, 250, 400])  # capped at the catalog
+    with pytest.raises(ValueError, match="not search-time settings"):
+        small.with_search(num_leaves=3)
+    with pytest.raises(ValueError, match="only a 'scann' searcher"):
+        MovieSearcher.build(db, np.arange(400), kind="exact").with_search(reorder=10)

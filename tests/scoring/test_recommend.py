@@ -37,7 +37,8 @@ def parts(tmp_path_factory):
     ids = catalog.movie_ids
     return (load_user_tower(directory), emb, ids,
             MovieSearcher.build(emb, ids, kind="scann", num_neighbors=10,
-                                settings=scann_settings(N_MOVIES, 10, leaves=1, reorder=1000)),
+                                settings=scann_settings(N_MOVIES, 10, scoring="ah", leaves=1,
+                                                       reorder=1000)),
             MovieSearcher.build(emb, ids, kind="exact", num_neighbors=10))
 
 

@@ -162,6 +162,27 @@ def test_speculative_tasks_are_refused_before_anything_is_staged(scored, tmp_pat
     assert not tables.exists()
 
 
+def test_the_index_tunes_its_search_on_half_the_sampled_users(scored):
+    root, _, _ = scored
+    manifest = artifacts.read_manifest(artifacts.resolve(root, "index"))
+    tuning = manifest["search_tuning"]
+    assert manifest["settings"]["scoring"] == "brute"  # 9,742 movies: a tree, exact leaves
+    assert tuning["setting"] == "leaves_to_search"
+    tried = {int(c): r for c, r in tuning["recall_by_value"].items()}
+    chosen = manifest["settings"]["leaves_to_search"]
+    assert tuning["target"] == pytest.approx(0.995)
+    # the fewest leaves that reached the target (or, if none did, the most tried)
+    passing = [c for c in sorted(tried) if tried[c] >= tuning["target"]]
+    assert chosen == (passing[0] if passing else max(tried))
+    assert max(tried) == chosen  # values above the chosen one were not tried
+    # the recall recorded is measured on the other half of the sampled users
+    assert 0 <= tuning["users"] - manifest["counts"]["recall_sample_users"] <= 1
+    assert manifest["recall"]["recall@100"] >= manifest["recall"]["floor"]
+    # and the saved searcher, which the scoring workers load, re-orders that many
+    saved = Path(io.local_path(artifacts.resolve(root, "index"))) / "scann" / "searcher.json"
+    assert json.loads(saved.read_text())["settings"]["leaves_to_search"] == chosen
+
+
 def test_an_index_built_for_another_model_is_refused(scored, tmp_path):
     from recsys.scoring.score import check_artifacts
 
