@@ -274,6 +274,15 @@ def parquet_parts(uri: str) -> list[str]:
     return parts
 
 
+def parquet_schema(uri: str) -> "pa.Schema":
+    """The Arrow schema of a Parquet file (its footer only)."""
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(uri)
+    with fs.open_input_file(path) as handle:
+        return pq.read_schema(handle)
+
+
 def read_parquet(uri: str, columns: list[str] | None = None) -> "pa.Table":
     """A whole Parquet dataset (directory or file) as one Arrow table."""
     import pyarrow as pa

@@ -59,6 +59,10 @@ RECOMMENDATIONS = pa.schema([pa.field("user_id", pa.int32()),
 USER_EMBEDDINGS = pa.schema([pa.field("user_id", pa.int32()),
                              pa.field("embedding", EMBEDDING), *_STAMP])
 SIMILAR_MOVIES = pa.schema([*similar.SCHEMA, *_STAMP])
+#: The histories columns scoring reads (recsys.features.histories writes them).
+SCORING_INPUT = pa.schema([pa.field("user_id", pa.int32()),
+                           pa.field("movie_ids", pa.list_(pa.int32())),
+                           pa.field("ratings", pa.list_(pa.float32()))])
 #: What each scoring task returns to the driver: one row per part file it wrote.
 WRITTEN = T.StructType([T.StructField("table", T.StringType()),
                         T.StructField("file", T.StringType()),
@@ -86,6 +90,26 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
             f"index run {index_manifest['run_id']} was built for model {built_for}, but the "
             f"model to score with is {model_version}: rebuild the index (jobs/build_index.py)")
     return train_dir, index_dir, model_version
+
+
+def read_histories(spark: SparkSession, uri: str):
+    """The histories' scoring columns as a DataFrame, with :data:`SCORING_INPUT` given to
+    Spark rather than inferred (inference is a Spark job of its own over every file's
+    footer: 0.5-0.6 s of the job on the full-scale corpus). One file's footer is checked
+    here, so a histories table of another layout is refused with its columns named."""
+    parts = io.parquet_parts(uri)
+    found = io.parquet_schema(parts[0])
+    for want in SCORING_INPUT:
+        have = found.field(want.name).type if want.name in found.names else None
+        same = have is not None and (
+            pa.types.is_list(have) and have.value_type == want.type.value_type
+            if pa.types.is_list(want.type) else have == want.type)
+        if not same:
+            raise artifacts.ArtifactError(
+                f"{parts[0]} does not hold the histories layout scoring reads: column "
+                f"{want.name!r} is {have or 'missing'}, expected {want.type}")
+    ddl = "user_id int, movie_ids array<int>, ratings array<float>"
+    return spark.read.schema(ddl).parquet(uri)
 
 
 def _stamp(rows: int, model_version: str, run_id: str) -> list[pa.Array]:
@@ -221,8 +245,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                 "files themselves, and a speculative copy still running after the job "
                 "could add a file to a published night")
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
-        histories = spark.read.parquet(io.join(preprocess_dir, "histories")).select(
-            "user_id", "movie_ids", "ratings")
+        histories = read_histories(spark, io.join(preprocess_dir, "histories"))
         table_root = cfg.table_root or io.join(root, "tables")
         names = {"recommendations": cfg.recommendations_table,
                  "user_embeddings": cfg.user_embeddings_table,

@@ -38,3 +38,34 @@ def test_an_index_table_of_another_layout_is_refused(tmp_path):
         stage_similar_movies(str(index_dir), str(tmp_path / "staging"), model_version="m",
                              run_id="r")
     assert not (tmp_path / "staging").exists()
+
+
+def test_histories_of_another_layout_are_refused_before_scoring(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.scoring.score import read_histories
+
+    good = tmp_path / "good"
+    good.mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1, 2], pa.int32()),
+                             "movie_ids": pa.array([[3, 4], [5]], pa.list_(pa.int32())),
+                             "ratings": pa.array([[4.0, 3.5], [5.0]], pa.list_(pa.float32())),
+                             "timestamps": pa.array([[1, 2], [3]], pa.list_(pa.int64()))}),
+                   good / "part-0.parquet")
+    rows = read_histories(spark, str(good)).collect()
+    assert [(r.user_id, list(r.movie_ids), list(r.ratings)) for r in rows] == \
+        [(1, [3, 4], [4.0, 3.5]), (2, [5], [5.0])]
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int32()),
+                             "movie_ids": pa.array([[3]], pa.list_(pa.int64())),
+                             "ratings": pa.array([[4.0]], pa.list_(pa.float32()))}),
+                   wide / "part-0.parquet")
+    with pytest.raises(ArtifactError, match="column .movie_ids. is list<.*int64>, expected"):
+        read_histories(spark, str(wide))
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    pq.write_table(pa.table({"user_id": pa.array([1], pa.int32())}), missing / "part-0.parquet")
+    with pytest.raises(ArtifactError, match="column .movie_ids. is missing"):
+        read_histories(spark, str(missing))
