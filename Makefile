@@ -18,7 +18,7 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 RELEASE ?= ml-25m
 
 .PHONY: help check-java venv test run preprocess train index score evaluate corpus download bench-preprocess \
-        bench-train bench-train-quality bench-score clean
+        bench-train bench-train-quality bench-score bench-worker clean
 
 help:
 	@echo "make run               set up, then run the nightly pipeline on data/ml-latest-small"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-train       time training on the full-scale corpus"
 	@echo "make bench-train-quality  two-tower vs MF vs most-popular on ml-latest-small"
 	@echo "make bench-score       time score_all_users on the full-scale corpus, next to ALS"
+	@echo "make bench-worker BENCH_ROOT=dir  one scoring worker's Python work, phase by phase"
 	@echo "make clean             remove artifacts and the virtual environment"
 
 check-java:
@@ -92,6 +93,10 @@ bench-train-quality: check-java venv
 bench-score: check-java venv corpus
 	$(PY) benchmarks/bench_score.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY) \
 	  $(if $(BENCH_ROOT),--artifact-root $(BENCH_ROOT))
+
+bench-worker: venv
+	@test -n "$(BENCH_ROOT)" || { echo "ERROR: set BENCH_ROOT to a root with preprocess, train and index runs (e.g. the one make bench-score used)"; exit 2; }
+	$(PY) benchmarks/bench_worker.py --artifact-root $(BENCH_ROOT)
 
 clean:
 	rm -rf $(ARTIFACTS) $(VENV) logs metastore spark-warehouse metastore_db derby.log

@@ -52,9 +52,12 @@ def main() -> int:
     from recsys.scoring import score as sc
 
     root = io.normalize_uri(args.artifact_root)
-    pre_dir = artifacts.resolve(root, "preprocess", None)
-    train_dir, index_dir, model_version = sc.check_artifacts(root, train_run=None,
-                                                             index_run=None)
+    try:
+        pre_dir = artifacts.resolve(root, "preprocess", None)
+        train_dir, index_dir, model_version = sc.check_artifacts(root, train_run=None,
+                                                                 index_run=None)
+    except artifacts.ArtifactError as exc:
+        raise SystemExit(f"bench_worker: {exc} (make bench-score builds such a root)") from None
     histories = pq.read_table(io.local_path(io.join(pre_dir, "histories")),
                               columns=["user_id", "movie_ids", "ratings"])
     histories = histories.slice(0, args.users).combine_chunks()
