@@ -69,10 +69,17 @@ def machine() -> dict[str, str]:
     }
 
 
-def spark_submit_cmd(python: str, driver_memory: str) -> list[str]:
+def spark_submit_cmd(python: str, driver_memory: str, *, class_archive: str | None = None,
+                     dump_archive: bool = False) -> list[str]:
+    """``spark-submit --master local[2]`` with the project's log settings. With
+    ``class_archive``, the driver JVM maps that class-data sharing archive (JDK AppCDS),
+    or, with ``dump_archive``, writes it when it exits (README "Faster JVM start")."""
+    java = [f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}"]
+    if class_archive:
+        java.append(f"-XX:{'ArchiveClassesAtExit' if dump_archive else 'SharedArchiveFile'}"
+                    f"={class_archive}")
     return [str(Path(python).parent / "spark-submit"), "--master", "local[2]",
-            "--driver-memory", driver_memory, "--driver-java-options",
-            f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}"]
+            "--driver-memory", driver_memory, "--driver-java-options", " ".join(java)]
 
 
 def job_env(python: str) -> dict[str, str]:
