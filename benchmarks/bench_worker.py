@@ -34,7 +34,8 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact-root", required=True)
     p.add_argument("--users", type=int, default=16_384, help="users scored (the first ones)")
-    p.add_argument("--batch-size", type=int, default=4096, help="users per batch (score.batch_size)")
+    p.add_argument("--batch-size", type=int, default=4096,
+                   help="users per batch (score.batch_size)")
     p.add_argument("--top-n", type=int, default=100)
     p.add_argument("--repeat", type=int, default=3, help="passes; the best is reported")
     p.add_argument("--code", default=str(REPO), help="checkout to import recsys from")
@@ -85,25 +86,25 @@ def main() -> int:
     for searcher in (scann, exact):
         searcher.search = timed(f"search ({searcher.kind})", searcher.search)
 
+    max_scann_depth = ScoreConfig().max_scann_depth
     best: dict[str, float] | None = None
     for _ in range(args.repeat):
         phases.clear()
-        out = tempfile.mkdtemp(prefix="bench-worker-")
-        t_all = time.perf_counter()
-        with sc.PartWriter(out, sc.RECOMMENDATIONS, "recs.parquet") as recs_out, \
-                sc.PartWriter(out, sc.USER_EMBEDDINGS, "emb.parquet") as emb_out:
-            for batch in batches:
-                recs, emb = sc.score_batch(batch, tower, scann, exact, top_n=args.top_n,
-                                           max_scann_depth=ScoreConfig().max_scann_depth,
-                                           model_version=model_version,
-                                           run_id="bench")
-                t0 = time.perf_counter()
-                recs_out.write(recs)
-                emb_out.write(emb)
-                phases["parquet write"] += time.perf_counter() - t0
-            recs_out.close()
-            emb_out.close()
-        phases["total"] = time.perf_counter() - t_all
+        with tempfile.TemporaryDirectory(prefix="bench-worker-") as out:
+            t_all = time.perf_counter()
+            with sc.PartWriter(out, sc.RECOMMENDATIONS, "recs.parquet") as recs_out, \
+                    sc.PartWriter(out, sc.USER_EMBEDDINGS, "emb.parquet") as emb_out:
+                for batch in batches:
+                    recs, emb = sc.score_batch(batch, tower, scann, exact, top_n=args.top_n,
+                                               max_scann_depth=max_scann_depth,
+                                               model_version=model_version, run_id="bench")
+                    t0 = time.perf_counter()
+                    recs_out.write(recs)
+                    emb_out.write(emb)
+                    phases["parquet write"] += time.perf_counter() - t0
+                recs_out.close()
+                emb_out.close()
+            phases["total"] = time.perf_counter() - t_all
         if best is None or phases["total"] < best["total"]:
             best = dict(phases)
     assert best is not None

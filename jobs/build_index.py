@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         result = run_index(config, run_id=args.run_id, train_run=args.train_run)
         m = result.manifest
         s = m["settings"]
-        search = (f"exact scoring in {s['leaves_to_search']} of {s['num_leaves']} leaves"
-                  if s["scoring"] == "brute" else
-                  f"hashing, {s['reorder']} re-ordered"
-                  + (f", {s['leaves_to_search']} of {s['num_leaves']} leaves" if s["num_leaves"] > 1 else ""))
+        leaves = f"{s['leaves_to_search']} of {s['num_leaves']} leaves"
+        if s["scoring"] == "brute":
+            search = f"exact scoring in {leaves}"
+        else:
+            search = f"hashing, {s['reorder']} re-ordered" + (
+                f", {leaves}" if s["num_leaves"] > 1 else "")
         print(f"index: {m['counts']['movies']} movies, ScaNN recall@{config.index.num_neighbors} "
               f"{result.recall:.4f} (floor {config.index.recall_floor}), {search}, built in "
               f"{m['timings_s']['build_scann']:.1f} s; wrote {result.run_dir}")

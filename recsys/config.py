@@ -132,6 +132,10 @@ class TrainConfig:
     tensorboard: bool = True
 
 
+#: How the ScaNN searcher scores the movies of the leaves it searches (index.scoring).
+INDEX_SCORING = ("auto", "brute", "ah")
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """The nearest-movie index (DESIGN §4.3)."""
@@ -162,8 +166,8 @@ class IndexConfig:
     similar_movies: int = 20
 
     def __post_init__(self) -> None:
-        if self.scoring not in ("auto", "brute", "ah"):
-            raise ConfigError(f"index.scoring must be 'auto', 'brute' or 'ah', got "
+        if self.scoring not in INDEX_SCORING:
+            raise ConfigError(f"index.scoring must be one of {INDEX_SCORING}, got "
                               f"{self.scoring!r}")
 
 

@@ -31,7 +31,9 @@ import numpy as np
 
 from recsys import artifacts, io
 from recsys.config import Config
-from recsys.index.searcher import MovieSearcher, recall_at_k, scann_settings, tune_search
+from recsys.index.searcher import (
+    MovieSearcher, recall_at_k, scann_settings, search_ladder, tune_search,
+)
 from recsys.index.similar import SIMILAR, nearest_movies, similar_table
 from recsys.model.inputs import UserChunk
 from recsys.model.serving import embed_histories, load_user_tower
@@ -123,8 +125,8 @@ def run_index(config: Config, *, run_id: str | None = None,
             k = min(cfg.num_neighbors, len(ids))
             truth, _ = exact.search(queries, k)
             check = np.arange(queries.shape[0])
-            given = cfg.leaves_to_search if settings.scoring == "brute" else cfg.reorder
-            if given <= 0:  # tuned on half the sampled users, measured on the others
+            tuned, _ = search_ladder(scann, k)  # leaves_to_search or reorder
+            if getattr(cfg, tuned) <= 0:  # tuned on half the sampled users, measured on the others
                 tune, check = check[0::2], check[1::2]
                 target = cfg.recall_floor + cfg.recall_margin
                 name, value, tried = tune_search(scann, queries[tune], truth[tune],

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys.config import INDEX_SCORING as SCORING
+
 INFO = "searcher.json"
 MOVIE_IDS = "movie_ids.npy"
 
@@ -57,10 +59,6 @@ def _scann():
             "`pip install -e .` (scann==1.4.2 needs tensorflow~=2.20.0)"
         ) from None
     return scann_ops_pybind
-
-
-#: How the ScaNN searcher scores the movies of the leaves it searches.
-SCORING = ("auto", "brute", "ah")
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,12 @@ class MovieSearcher:
         return self.info["kind"]
 
     @property
+    def scoring(self) -> str:
+        """``brute`` or ``ah`` for a ``scann`` searcher (searchers saved before the
+        setting existed hashed)."""
+        return self.info.get("settings", {}).get("scoring", "ah")
+
+    @property
     def size(self) -> int:
         return int(self.movie_ids.size)
 
@@ -191,7 +195,7 @@ class MovieSearcher:
         options: dict[str, int] = {}
         if self.kind == "scann":
             s = self.info["settings"]
-            if s.get("scoring", "ah") == "ah":  # deep searches re-order twice what they return
+            if self.scoring == "ah":  # deep searches re-order twice what they return
                 options["pre_reorder_num_neighbors"] = min(
                     self.size, max(2 * k, reorder or s["reorder"]))
             if s["num_leaves"] > 1:
@@ -240,9 +244,8 @@ REORDER_MULTIPLES = (3, 5, 10, 20, 40)
 
 def search_ladder(searcher: MovieSearcher, k: int) -> tuple[str, list[int]]:
     """(setting, increasing values) that :func:`tune_search` tries for this searcher."""
-    s = searcher.info["settings"]
-    if s.get("scoring", "ah") == "brute":
-        leaves = s["num_leaves"]
+    if searcher.scoring == "brute":
+        leaves = searcher.info["settings"]["num_leaves"]
         return "leaves_to_search", sorted({max(1, int(math.ceil(share * leaves)))
                                            for share in LEAF_SHARES})
     return "reorder", sorted({min(searcher.size, m * k) for m in REORDER_MULTIPLES})

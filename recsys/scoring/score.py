@@ -108,8 +108,9 @@ def read_histories(spark: SparkSession, uri: str):
             raise artifacts.ArtifactError(
                 f"{parts[0]} does not hold the histories layout scoring reads: column "
                 f"{want.name!r} is {have or 'missing'}, expected {want.type}")
-    ddl = "user_id int, movie_ids array<int>, ratings array<float>"
-    return spark.read.schema(ddl).parquet(uri)
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return spark.read.schema(from_arrow_schema(SCORING_INPUT)).parquet(uri)
 
 
 def _stamp(rows: int, model_version: str, run_id: str) -> list[pa.Array]:
