@@ -12,7 +12,8 @@ Readers must never see a half-written night (DESIGN §4.5):
    the staged and the published directory (Linux, local filesystems); the previous
    version, now in ``_staging``, is then deleted. A re-run replaces that night and
    nothing else.
-3. The table is (created if needed and) refreshed in the Spark SQL catalog.
+3. The table is created in the Spark SQL catalog if needed (with its columns given), the
+   night's partition added, and the table refreshed (:func:`register_table`).
 
 A run killed before step 2 leaves only a ``_staging`` directory that no reader sees; the
 next run of that night removes it. Every published partition holds ``_SUCCESS``.
@@ -28,12 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys import io
+from recsys.config import ConfigError
 
 log = logging.getLogger(__name__)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -105,34 +107,81 @@ def restore_replaced(table_uri: str, run_date: str) -> None:
             io.move(io.join(parked, name), final)
 
 
-def warm_catalog(spark: SparkSession, database: str) -> threading.Thread:
-    """Connect the session's catalog (a Hive metastore client takes about 2 s to start) in
-    a background thread, so that it overlaps long work such as scoring. Errors are left
-    for :func:`register_table` to raise with its own context."""
-
-    def connect() -> None:
-        try:
-            spark.catalog.databaseExists(database)
-        except Exception:  # noqa: BLE001 - register_table reports it
-            log.debug("catalog warm-up failed", exc_info=True)
-
-    thread = threading.Thread(target=connect, name="warm-catalog", daemon=True)
-    thread.start()
-    return thread
+class CatalogMismatchError(ConfigError):
+    """A table of that name is in the catalog, but its columns are not tonight's."""
 
 
-def register_table(spark: SparkSession, *, database: str, name: str, table_uri: str) -> str:
-    """Create (once) a Parquet table over ``table_uri`` and refresh what the catalog knows."""
+def _ddl(columns: pa.Schema) -> list[tuple[str, str]]:
+    """(name, Spark SQL type) of each column of an Arrow schema, as the catalog lists them."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return [(f.name, f.dataType.simpleString()) for f in from_arrow_schema(columns).fields]
+
+
+def _nights(table_uri: str) -> list[str]:
+    """The run dates published under ``table_uri`` (its ``run_date=`` directories)."""
+    return [name.split("=", 1)[1] for name in io.list_dir(table_uri)
+            if name.startswith("run_date=") and _DATE.match(name.split("=", 1)[1])]
+
+
+def prepare_table(spark: SparkSession, *, database: str, name: str, table_uri: str,
+                  columns: pa.Schema) -> str:
+    """Make sure the catalog has ``database.name``, the partitioned Parquet table at
+    ``table_uri`` with the data ``columns`` and the partition column ``run_date date``;
+    returns its full name. Tonight's partition is not added (:func:`add_night` does that
+    once the night is committed), so this can run while the night is still being written.
+
+    The first time, the table is created with its columns given (Spark infers nothing: no
+    job over the files' footers) and with every night already on disk. A table of that
+    name whose columns differ is refused with both lists named."""
     for part in (database, name):
         if not _NAME.match(part):
             raise ValueError(f"invalid table or database name {part!r}")
     full = f"{database}.{name}"
+    want = [*_ddl(columns), ("run_date", "date")]
     if not spark.catalog.databaseExists(database):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
-    location = table_uri.replace("'", "\\'")
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING parquet LOCATION '{location}'")
-    if spark.catalog.getTable(full).tableType != "TEMPORARY":
-        # the metastore tracks a partitioned table's partitions: add tonight's
-        spark.sql(f"ALTER TABLE {full} RECOVER PARTITIONS")
-    spark.sql(f"REFRESH TABLE {full}")
+    if spark.catalog.tableExists(full):
+        have = [(c.name, c.dataType) for c in spark.catalog.listColumns(full)]
+        if have != want:
+            raise CatalogMismatchError(
+                f"catalog table {full} has columns {_listed(have)}, but tonight's "
+                f"output has {_listed(want)}: drop the table (DROP TABLE {full}; its files "
+                f"stay) or publish under another table name (score.*_table)")
+        return full
+    location = table_uri.replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {full} ("
+              + ", ".join(f"`{col}` {kind}" for col, kind in want)
+              + f") USING parquet PARTITIONED BY (run_date) LOCATION '{location}'")
+    _add_partitions(spark, full, _nights(table_uri))
     return full
+
+
+def add_night(spark: SparkSession, full_name: str, run_date: str) -> None:
+    """Tonight's (committed) partition into the catalog table (made by
+    :func:`prepare_table`), and the table refreshed: one partition added, not a scan of
+    every night (``RECOVER PARTITIONS``); a night published again is already there."""
+    if not _DATE.match(run_date):
+        raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
+    _add_partitions(spark, full_name, [run_date])
+    spark.sql(f"REFRESH TABLE {full_name}")
+
+
+def register_table(spark: SparkSession, *, database: str, name: str, table_uri: str,
+                   columns: pa.Schema, run_date: str) -> str:
+    """:func:`prepare_table` then :func:`add_night`: the committed night visible through
+    the catalog as ``database.name``."""
+    full = prepare_table(spark, database=database, name=name, table_uri=table_uri,
+                         columns=columns)
+    add_night(spark, full, run_date)
+    return full
+
+
+def _add_partitions(spark: SparkSession, full_name: str, nights: list[str]) -> None:
+    if nights:
+        spark.sql(f"ALTER TABLE {full_name} ADD IF NOT EXISTS "
+                  + " ".join(f"PARTITION (run_date = '{night}')" for night in nights))
+
+
+def _listed(columns: list[tuple[str, str]]) -> str:
+    return "(" + ", ".join(f"{col} {kind}" for col, kind in columns) + ")"

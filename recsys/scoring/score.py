@@ -44,9 +44,7 @@ from recsys.config import Config, ConfigError
 from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranked_movies
 from recsys.index import similar
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
-from recsys.publish.tables import (
-    commit_partition, register_table, stage_partition, warm_catalog,
-)
+from recsys.publish.tables import add_night, commit_partition, prepare_table, stage_partition
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -255,16 +253,20 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
         staging = {key: stage_partition(uris[key], run_date, run_id)
                    for key in ("recommendations", "user_embeddings")}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
-        tables: dict[str, str] = {}
-        catalog = warm_catalog(spark, cfg.database)  # connects while the workers score
+        columns = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS,
+                   "similar_movies": SIMILAR_MOVIES}
 
-        def register(key: str) -> None:
-            catalog.join()
-            tables[key] = register_table(spark, database=cfg.database, name=names[key],
-                                         table_uri=uris[key])
+        def prepare_tables() -> dict[str, str]:
+            """The catalog's tables (created, or their columns checked) while the workers
+            score: a Hive metastore client takes about 2 s to start, and the first SQL
+            statements of a JVM are slow. Tonight's partitions are added after commit."""
+            return {key: prepare_table(spark, database=cfg.database, name=names[key],
+                                       table_uri=uris[key], columns=columns[key])
+                    for key in names}
 
         similar_staging = stage_partition(uris["similar_movies"], run_date, run_id)
-        with ThreadPoolExecutor(1, thread_name_prefix="similar-movies") as pool:
+        with ThreadPoolExecutor(2, thread_name_prefix="score-driver") as pool:
+            catalog = pool.submit(prepare_tables)
             similar_rows = pool.submit(stage_similar_movies, index_dir, similar_staging,
                                        model_version=model_version, run_id=run_id)
             with manifest.timed("score_and_write"):
@@ -274,6 +276,8 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                     WRITTEN).collect()
             with manifest.timed("stage_similar_movies_wait"):
                 movies = similar_rows.result()
+            with manifest.timed("catalog_wait"):
+                tables = catalog.result()  # a table with other columns stops the night here
         rows = {key: sum(w.rows for w in written if w.table == key) for key in staging}
         if len(set(rows.values())) != 1:
             raise RuntimeError(f"the scoring tasks wrote different numbers of rows per "
@@ -286,7 +290,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
             for key, directory in {**staging, "similar_movies": similar_staging}.items():
                 commit_partition(directory, table_uri=uris[key], run_date=run_date,
                                  run_id=run_id, manifest=published)
-                register(key)
+                add_night(spark, tables[key], run_date)
         manifest["tables"] = {k: {"name": v, "partition": f"run_date={run_date}"}
                               for k, v in tables.items()}
         manifest["table_root"] = table_root

@@ -101,3 +101,39 @@ def test_without_an_atomic_swap_a_night_cut_mid_swap_is_restored_first(spark, tm
     assert list((table / "_replaced").iterdir()) == []
     _night(spark, table, "2026-11-21", "r4", 4)
     assert _values(night) == {4}
+
+
+def test_register_table_adds_each_night_and_refuses_other_columns(spark, tmp_path):
+    import pyarrow as pa
+
+    from recsys.publish.tables import CatalogMismatchError, register_table
+
+    table = tmp_path / "scores"
+    columns = pa.schema([("user_id", pa.int32()), ("value", pa.int32())])
+    _night(spark, table, "2026-11-20", "r1", 1)
+    _night(spark, table, "2026-11-21", "r2", 2)
+
+    def nights() -> dict[str, int]:
+        rows = spark.sql("SELECT CAST(run_date AS STRING) AS d, sum(value) AS v "
+                         "FROM registered.scores GROUP BY run_date").collect()
+        return {r.d: r.v for r in rows}
+
+    spark.sql("DROP DATABASE IF EXISTS registered CASCADE")
+    # first registration: created with the columns given, the night on disk before it too
+    name = register_table(spark, database="registered", name="scores", table_uri=str(table),
+                          columns=columns, run_date="2026-11-21")
+    assert name == "registered.scores"
+    assert spark.table(name).schema.simpleString() == \
+        "struct<user_id:int,value:int,run_date:date>"
+    assert nights() == {"2026-11-20": 5, "2026-11-21": 10}
+    # a later night: only it is added; a re-run of a night is visible after the refresh
+    _night(spark, table, "2026-11-22", "r3", 3)
+    _night(spark, table, "2026-11-21", "r4", 4)
+    register_table(spark, database="registered", name="scores", table_uri=str(table),
+                   columns=columns, run_date="2026-11-22")
+    assert nights() == {"2026-11-20": 5, "2026-11-21": 20, "2026-11-22": 15}
+    other = pa.schema([("user_id", pa.int32()), ("value", pa.float32())])
+    with pytest.raises(CatalogMismatchError, match=r"value int.*value float"):
+        register_table(spark, database="registered", name="scores", table_uri=str(table),
+                       columns=other, run_date="2026-11-22")
+    spark.sql("DROP DATABASE registered CASCADE")
