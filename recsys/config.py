@@ -156,6 +156,12 @@ class IndexConfig:
     reorder: int = 0
     dims_per_block: int = 2
     anisotropic_threshold: float = 0.2
+    #: SOAR spilling in the tree: each movie also goes into a second leaf (ScaNN's
+    #: soar_lambda); 0 = one leaf per movie.
+    spill_lambda: float = 1.5
+    #: Trees built at most: another is built while the tuned search needs more than a
+    #: quarter of the leaves (a poor partition), and the cheapest one to search is kept.
+    tree_builds: int = 3
     #: The build fails (nothing published) when ScaNN's recall@num_neighbors against exact
     #: search on sampled real user embeddings is below this.
     recall_floor: float = 0.99
@@ -169,6 +175,11 @@ class IndexConfig:
         if self.scoring not in INDEX_SCORING:
             raise ConfigError(f"index.scoring must be one of {INDEX_SCORING}, got "
                               f"{self.scoring!r}")
+        if self.spill_lambda < 0:
+            raise ConfigError(f"index.spill_lambda must be >= 0 (0 = no spilling), got "
+                              f"{self.spill_lambda}")
+        if self.tree_builds < 1:
+            raise ConfigError(f"index.tree_builds must be >= 1, got {self.tree_builds}")
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,16 @@ def test_exact_searcher_is_the_numpy_ground_truth():
 
 def test_sizing_rule():
     small = scann_settings(62_423, 100)  # the ml-25m catalog: a tree, exact in the leaves
-    assert (small.scoring, small.num_leaves, small.leaves_to_search, small.reorder) == \
-        ("brute", 500, 63, 0)
+    assert (small.scoring, small.num_leaves, small.leaves_to_search, small.reorder,
+            small.spill_lambda) == ("brute", 500, 16, 0, 1.5)
+    single = scann_settings(62_423, 100, spill_lambda=0)  # one leaf per movie: an 8th searched
+    assert (single.leaves_to_search, single.spill_lambda) == (63, 0.0)
     big = scann_settings(1_000_000, 100)  # hashing in the leaves, re-ordered
     assert (big.scoring, big.num_leaves, big.leaves_to_search, big.reorder) == \
         ("ah", 1000, 500, 1000)
     hashed = scann_settings(62_423, 100, scoring="ah")  # no tree below 250,000 movies
-    assert (hashed.num_leaves, hashed.leaves_to_search, hashed.reorder) == (1, 1, 1000)
+    assert (hashed.num_leaves, hashed.leaves_to_search, hashed.reorder,
+            hashed.spill_lambda) == (1, 1, 1000, 0.0)  # no tree, nothing to spill
     given = scann_settings(62_423, 100, scoring="ah", leaves=300, leaves_to_search=900,
                            reorder=50)
     assert (given.num_leaves, given.leaves_to_search, given.reorder) == (300, 300, 100)
@@ -71,6 +74,30 @@ def test_scann_recall_is_measured_and_survives_serialization(tmp_path, scoring, 
     assert deeper.shape == (3, 500)
 
 
+def test_a_spilled_tree_searching_every_leaf_is_exact_and_survives_serialization(tmp_path):
+    db, q = clustered(6000, 16, 8), clustered(200, 16, 9)
+    ids = np.arange(6000) * 3 + 1
+    spilled = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
+                                  settings=scann_settings(6000, 50, scoring="brute"))
+    single = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
+                                 settings=scann_settings(6000, 50, scoring="brute",
+                                                         spill_lambda=0))
+    assert spilled.info["settings"]["spill_lambda"] == 1.5
+    truth, truth_scores = numpy_top_k(q, db, ids, 50)
+    # each movie sits in two leaves, yet every leaf searched gives each movie once
+    every, every_scores = spilled.search(q, 50, leaves_to_search=120)
+    assert all(len(set(row)) == 50 for row in every)
+    assert recall_at_k(every, truth) == 1.0
+    np.testing.assert_allclose(every_scores, truth_scores, rtol=1e-5, atol=1e-5)
+    # and a few leaves find more of the true neighbours than without spilling
+    few = {s: recall_at_k(s.search(q, 50, leaves_to_search=4)[0], truth)
+           for s in (spilled, single)}
+    assert few[spilled] > few[single]
+    spilled.save(str(tmp_path / "s"))
+    again = MovieSearcher.load(str(tmp_path / "s"))
+    np.testing.assert_array_equal(again.search(q, 50)[0], spilled.search(q, 50)[0])
+
+
 def test_bad_inputs_are_named():
     db = clustered(100, 8, 4)
     with pytest.raises(ValueError, match="do not match 99 movie ids"):
@@ -94,7 +121,8 @@ def test_search_tuning_takes_the_cheapest_setting_that_reaches_the_target(scorin
                                    settings=scann_settings(6000, 50, scoring=scoring))
     truth, _ = numpy_top_k(q, db, ids, 50)
     name, ladder = search_ladder(searcher, 50)
-    assert (name, ladder) == {"brute": ("leaves_to_search", [8, 10, 15, 20, 30, 40, 60, 120]),
+    assert (name, ladder) == {"brute": ("leaves_to_search",
+                                        [3, 4, 5, 8, 10, 15, 20, 30, 40, 60, 120]),
                               "ah": ("reorder", [150, 250, 500, 1000, 2000])}[scoring]
     # an unreachable target: every value is tried, and recall grows with the value
     _, value, every = tune_search(searcher, q, truth, target=1.01)
@@ -109,7 +137,7 @@ def test_search_tuning_takes_the_cheapest_setting_that_reaches_the_target(scorin
     # the retuned searcher uses that value by default, on the same ScaNN object
     tuned = searcher.with_search(**{name: chosen})
     assert tuned.info["settings"][name] == chosen
-    assert searcher.info["settings"][name] == {"brute": 15, "ah": 500}[scoring]  # unchanged
+    assert searcher.info["settings"][name] == {"brute": 4, "ah": 500}[scoring]  # unchanged
     np.testing.assert_array_equal(tuned.search(q, 50)[0],
                                   searcher.search(q, 50, **{name: chosen})[0])
     assert recall_at_k(tuned.search(q, 50)[0], truth) == every[chosen]

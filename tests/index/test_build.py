@@ -1,0 +1,55 @@
+"""The index build's search tuning: a poor tree is built again and the cheapest kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys import artifacts
+from recsys.config import Config, IndexConfig
+from recsys.index import build
+from recsys.index.searcher import MovieSearcher, scann_settings
+
+from .test_searcher import clustered, numpy_top_k
+
+
+def _tuned(monkeypatch, poor_share: float, tree_builds: int):  # noqa: ANN001
+    db, q = clustered(6000, 16, 10), clustered(400, 16, 11)
+    ids = np.arange(6000) + 1
+    settings = scann_settings(6000, 50, scoring="brute")
+    searcher = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50, settings=settings)
+    truth, _ = numpy_top_k(q, db, ids, 50)
+    monkeypatch.setattr(build, "POOR_TREE_SHARE", poor_share)
+    built = []
+    real_build = MovieSearcher.build
+
+    def counting_build(*args, **kwargs):  # noqa: ANN002, ANN003
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(MovieSearcher, "build", staticmethod(counting_build))
+    cfg = IndexConfig(num_neighbors=50, tree_builds=tree_builds)
+    manifest = artifacts.Manifest("index", "r", Config())
+    tuned, tuned_settings = build._tuned_build(searcher, settings, db, ids, q, truth, cfg=cfg,
+                                               info={}, manifest=manifest)
+    return [searcher, *built], tuned, tuned_settings, manifest["search_tuning"], q
+
+
+def test_a_good_tree_is_built_once(monkeypatch):
+    trees, tuned, settings, tuning, _ = _tuned(monkeypatch, poor_share=1.0, tree_builds=3)
+    assert len(trees) == 1 and tuning["builds"] == 1 and tuning["kept_build"] == 0
+    assert settings.leaves_to_search == tuned.info["settings"]["leaves_to_search"]
+    assert "tuned_value_by_build" not in tuning
+
+
+def test_poor_trees_are_built_again_and_the_cheapest_to_search_is_kept(monkeypatch):
+    # every tree counts as poor: all three are built, tuned, and the one needing the
+    # fewest leaves (ties: the higher recall, then the first) is the one returned
+    trees, tuned, settings, tuning, q = _tuned(monkeypatch, poor_share=0.0, tree_builds=3)
+    assert len(trees) == 3 and tuning["builds"] == 3
+    values = tuning["tuned_value_by_build"]
+    assert len(values) == 3 and values[tuning["kept_build"]] == min(values)
+    assert settings.leaves_to_search == min(values)
+    kept = trees[tuning["kept_build"]]
+    np.testing.assert_array_equal(tuned.search(q, 50)[0],
+                                  kept.search(q, 50, leaves_to_search=min(values))[0])
+    assert str(min(values)) in tuning["recall_by_value"]
