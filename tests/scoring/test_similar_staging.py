@@ -40,6 +40,17 @@ def test_an_index_table_of_another_layout_is_refused(tmp_path):
     assert not (tmp_path / "staging").exists()
 
 
+def test_last_ratings_go_back_to_the_end_of_their_rows():
+    from recsys.scoring.score import ratings_at_ends
+
+    offsets = np.array([0, 3, 4, 4, 7])  # movie ids of four users, one with none
+    tails = np.array([0, 2, 3, 3, 6])  # their last ratings: 2, 1, 0 and 3 of them
+    got = ratings_at_ends(offsets, tails, np.array([4.5, 5.0, 3.0, 1.0, 2.0, 3.0], np.float32))
+    np.testing.assert_array_equal(got, [0.0, 4.5, 5.0, 3.0, 1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="row 1 has 2 ratings for 1 movies"):
+        ratings_at_ends(np.array([0, 3, 4]), np.array([0, 1, 3]), np.ones(3, np.float32))
+
+
 def test_histories_of_another_layout_are_refused_before_scoring(spark, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -56,6 +67,11 @@ def test_histories_of_another_layout_are_refused_before_scoring(spark, tmp_path)
     rows = read_histories(spark, str(good)).collect()
     assert [(r.user_id, list(r.movie_ids), list(r.ratings)) for r in rows] == \
         [(1, [3, 4], [4.0, 3.5]), (2, [5], [5.0])]
+    # only the last ratings, for a tower that reads that many (or none); movie ids whole
+    for window, want in ((1, [[3.5], [5.0]]), (0, [[], []]), (5, [[4.0, 3.5], [5.0]])):
+        cut = read_histories(spark, str(good), rating_window=window).collect()
+        assert [list(r.ratings) for r in cut] == want
+        assert [list(r.movie_ids) for r in cut] == [[3, 4], [5]]
     wide = tmp_path / "wide"
     wide.mkdir()
     pq.write_table(pa.table({"user_id": pa.array([1], pa.int32()),
