@@ -6,7 +6,8 @@ MD5s) and the index must name the train run as its model version; anything else 
 refused before a single user is scored.
 
 The distributed step is ``mapInArrow`` over the histories (Arrow batches straight into
-numpy): each Python worker loads the user tower and both searchers once
+numpy; of the ratings only the last ``history_length`` the user tower reads,
+:func:`read_histories`): each Python worker loads the user tower and both searchers once
 (:func:`recsys.scoring.recommend.load_scoring_artifacts`, from the artifact URIs), scores
 batches of ``score.batch_size`` users, and writes the rows of the recommendations and
 user-embeddings tables into its own Parquet part files in the staged partitions
