@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,8 +39,9 @@ import tempfile
 from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
 
 FIRST_NIGHT = dt.date(2026, 1, 1)
-#: The scoring driver's JIT (README "Faster JVM start", nightly.score_java_options).
-SCORE_JIT = {"quick": ("-XX:TieredStopAtLevel=1",), "default": ()}
+#: The scoring driver's JIT (README "Faster JVM start"): "quick" is the nightly's
+#: nightly.score_java_options, "default" the JVM's own.
+SCORE_JIT = ("quick", "default")
 
 
 def ensure_artifacts(root: str, source: str, driver_memory: str) -> None:
@@ -70,29 +72,28 @@ def archive_path(root: str) -> str:
 
 
 def score(root: str, driver_memory: str, *, run_date: str, metastore: str,
-          archive: str | None, dump_archive: bool = False,
-          java_options: tuple[str, ...] = ()) -> dict:
-    """One night of ``spark-submit jobs/score_all_users.py``, timed from launch to exit."""
+          archive: str | None, java_options: tuple[str, ...] = ()) -> dict:
+    """One night of ``spark-submit jobs/score_all_users.py``, timed from launch to exit;
+    with ``archive``, its driver JVM maps it, or writes it if it does not exist yet."""
     from recsys import artifacts, io
 
-    if dump_archive:
-        os.makedirs(os.path.dirname(archive), exist_ok=True)
+    writes_archive = archive is not None and not os.path.exists(archive)
     cmd = [*spark_submit_cmd(sys.executable, driver_memory, class_archive=archive,
-                             dump_archive=dump_archive, java_options=java_options),
+                             java_options=java_options),
            str(REPO / "jobs/score_all_users.py"),
            "--artifact-root", root, "--run-date", run_date, "--set",
            f"spark.metastore_dir={metastore}"]
     measured = run_measured(cmd, job_env(sys.executable))
     if measured.returncode != 0:
         raise SystemExit(f"score_all_users failed with exit code {measured.returncode}")
-    if dump_archive and not os.path.exists(archive):
+    if writes_archive and not os.path.exists(archive):
         raise SystemExit("the scoring run did not write the class archive")
     manifest = artifacts.read_manifest(artifacts.resolve(io.normalize_uri(root), "score"))
     index = artifacts.read_manifest(manifest["inputs"]["index_dir"])
-    return {"run_date": run_date, "wall_s": measured.wall_s,
-            "peak_rss_gib": measured.peak_rss_gib, "counts": manifest["counts"],
-            "timings_s": manifest["timings_s"], "index_recall": index["recall"],
-            "index_settings": index["settings"]}
+    return {"run_date": run_date, "command": shlex.join(cmd), "wall_s": measured.wall_s,
+            "wrote_class_archive": writes_archive, "peak_rss_gib": measured.peak_rss_gib,
+            "counts": manifest["counts"], "timings_s": manifest["timings_s"],
+            "index_recall": index["recall"], "index_settings": index["settings"]}
 
 
 def nights(root: str, driver_memory: str, *, count: int, archive: str | None,
@@ -101,10 +102,8 @@ def nights(root: str, driver_memory: str, *, count: int, archive: str | None,
     writes the class archive when one is wanted and missing), then ``count`` timed nights
     on consecutive dates against that metastore, as cron runs the job night after night."""
     metastore = tempfile.mkdtemp(prefix="bench-score-metastore-")
-    dump = archive is not None and not os.path.exists(archive)
     first = score(root, driver_memory, run_date=FIRST_NIGHT.isoformat(), metastore=metastore,
-                  archive=archive, dump_archive=dump, java_options=java_options)
-    first["wrote_class_archive"] = dump
+                  archive=archive, java_options=java_options)
     timed = [score(root, driver_memory,
                    run_date=(FIRST_NIGHT + dt.timedelta(days=i + 1)).isoformat(),
                    metastore=metastore, archive=archive, java_options=java_options)
@@ -141,7 +140,7 @@ def main() -> int:
                    help="auto: both timed spark-submits map a JVM class-data sharing archive "
                         "(<root>/_jvm/, written by the untimed first night if absent), as "
                         "README 'Faster JVM start' deploys the nightly; off: plain JVM start")
-    p.add_argument("--score-jit", choices=tuple(SCORE_JIT), default="quick",
+    p.add_argument("--score-jit", choices=SCORE_JIT, default="quick",
                    help="the scoring driver's JIT: quick (C1 only, the nightly's "
                         "nightly.score_java_options) or the JVM's default; ALS always runs "
                         "with the default")
@@ -154,19 +153,16 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     root = args.artifact_root or tempfile.mkdtemp(prefix="bench-score-")
     ensure_artifacts(root, args.input, args.driver_memory)
+    from recsys.config import NightlyConfig
+
     archive = archive_path(root) if args.class_archive == "auto" else None
-    java_options = SCORE_JIT[args.score_jit]
+    java_options = (tuple(shlex.split(NightlyConfig().score_java_options))
+                    if args.score_jit == "quick" else ())
     first, timed = nights(root, args.driver_memory, count=args.nights, archive=archive,
                           java_options=java_options)
     walls = [n["wall_s"] for n in timed]
     median = statistics.median(walls)
-    options = " ".join([*java_options, *([f"-XX:SharedArchiveFile={archive}"] if archive
-                                         else [])])
-    result = {**machine(), "artifact_root": root,
-              "command": "spark-submit --master local[2] --driver-memory "
-                         f"{args.driver_memory} "
-                         + (f'--driver-java-options "{options}" ' if options else "")
-                         + "jobs/score_all_users.py",
+    result = {**machine(), "artifact_root": root, "command": timed[-1]["command"],
               "class_archive": archive, "score_jit": args.score_jit,
               "first_night": {k: first[k] for k in ("run_date", "wall_s",
                                                     "wrote_class_archive")},

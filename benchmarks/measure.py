@@ -70,16 +70,16 @@ def machine() -> dict[str, str]:
 
 
 def spark_submit_cmd(python: str, driver_memory: str, *, class_archive: str | None = None,
-                     dump_archive: bool = False, java_options: tuple[str, ...] = ()
-                     ) -> list[str]:
+                     java_options: tuple[str, ...] = ()) -> list[str]:
     """``spark-submit --master local[2]`` with the project's log settings. With
     ``class_archive``, the driver JVM maps that class-data sharing archive (JDK AppCDS),
-    or, with ``dump_archive``, writes it when it exits (README "Faster JVM start");
+    or writes it when it exits if it does not exist yet, as the nightly does
+    (:func:`recsys.nightly.class_archive_flags`; README "Faster JVM start");
     ``java_options`` are more driver JVM options."""
-    java = [f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}", *java_options]
-    if class_archive:
-        java.append(f"-XX:{'ArchiveClassesAtExit' if dump_archive else 'SharedArchiveFile'}"
-                    f"={class_archive}")
+    from recsys.nightly import class_archive_flags
+
+    java = [f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}", *java_options,
+            *(class_archive_flags(class_archive) if class_archive else [])]
     return [str(Path(python).parent / "spark-submit"), "--master", "local[2]",
             "--driver-memory", driver_memory, "--driver-java-options", " ".join(java)]
 

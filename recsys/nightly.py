@@ -9,7 +9,7 @@
   the others with this Python. The score stage's driver JVM also gets
   ``nightly.score_java_options`` (the quick JIT tier only) and, when
   ``nightly.class_archive`` names one, a class-data sharing archive
-  (:func:`class_archive_options`). Every stage gets the nightly's resolved configuration as a
+  (:func:`class_archive_flags`). Every stage gets the nightly's resolved configuration as a
   TOML file, so ``--set`` overrides reach all of them. Training is skipped while the
   latest model is younger than ``nightly.max_model_age_hours`` (``--force-train``
   trains anyway); the index is rebuilt only for a new model.
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from recsys import artifacts, io
-from recsys.config import Config, NightlyConfig, dump_toml
+from recsys.config import Config, dump_toml
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -202,7 +202,8 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
     java = [f"-Dlog4j2.configurationFile={log4j}"] if log4j.is_file() else []
     score_submit = list(submit)
     if "--driver-java-options" not in submit:  # else the user's options stand, unchanged
-        score_java = [*java, *shlex.split(n.score_java_options), *class_archive_options(n)]
+        score_java = [*java, *shlex.split(n.score_java_options),
+                      *(class_archive_flags(n.class_archive) if n.class_archive else [])]
         if java:
             submit += ["--driver-java-options", " ".join(java)]
         if score_java:
@@ -218,13 +219,12 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
     }
 
 
-def class_archive_options(n: NightlyConfig) -> list[str]:
-    """The score driver's JVM flags for ``nightly.class_archive`` (JDK 13+ AppCDS): map
-    the archive when it exists, else write it when the JVM exits. An archive that no
-    longer matches the JDK or the classpath is ignored by the JVM with a warning."""
-    if not n.class_archive:
-        return []
-    path = os.path.abspath(n.class_archive)
+def class_archive_flags(path: str) -> list[str]:
+    """A JVM's flags for the class-data sharing archive at ``path`` (JDK 13+ AppCDS): map
+    the archive when it exists, else write it when the JVM exits (its directory is made
+    here). An archive that no longer matches the JDK or the classpath is ignored by the
+    JVM with a warning."""
+    path = os.path.abspath(path)
     if os.path.isfile(path):
         return [f"-XX:SharedArchiveFile={path}"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
