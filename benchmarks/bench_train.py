@@ -15,6 +15,16 @@ NDCG@100 of each next to most-popular. With ``--set`` overrides, only the two-to
 is trained, with them (model experiments), and its validation Recall@20 is reported too.
 
     python benchmarks/bench_train.py --quality-small [--set model.tower_layers=[128] ...]
+
+Model experiments can reuse one preprocess run (``--preprocess-root``, made by the first
+run under that root) and score the two-tower model on every protocol of DESIGN §6 with
+the evaluation's own code (``--all-protocols``: validation and test held-out users, the
+temporal next-item protocol, and the random split, for which it retrains the model on the
+80% as ``jobs/evaluate.py`` does). The baselines' figures on the same split are in the
+evaluation report of ``make run``.
+
+    python benchmarks/bench_train.py --quality-small --preprocess-root /tmp/q \
+        --all-protocols --set train.learning_rate=0.001
 """
 
 from __future__ import annotations
@@ -74,8 +84,11 @@ def quality_small(args: argparse.Namespace) -> dict:
     from recsys.model.examples import TEST, held_out_users
     from recsys.model.train import run_train
 
-    root = tempfile.mkdtemp(prefix="bench-quality-")
-    preprocess(root, str(REPO / "data/ml-latest-small"), "2g")
+    from recsys import artifacts, io
+
+    root = args.preprocess_root or tempfile.mkdtemp(prefix="bench-quality-")
+    if not io.exists(io.join(io.normalize_uri(root), "preprocess", artifacts.LATEST)):
+        preprocess(root, str(REPO / "data/ml-latest-small"), "2g")
     shipped = load_config(REPO / "conf/default.toml", [f"artifact_root={root}", *args.overrides])
     configs = {
         "two-tower (conf/default.toml" + "".join(f" {o}" for o in args.overrides) + ")": shipped,
@@ -102,14 +115,45 @@ def quality_small(args: argparse.Namespace) -> dict:
         table[name]["epochs"] = result.manifest["counts"]["epochs"]
         table[name]["validation_recall@20"] = \
             result.metrics["validation"]["model"]["recall@20"]
+        if args.all_protocols and name.startswith("two-tower"):
+            table[name]["protocols"] = all_protocols(config, result.run_dir)
         if "most-popular" not in table:
             popular, _ = top_k_exact(most_popular_scores(t.scan.train_counts), n, 100, seen)
             table["most-popular"] = ranking_metrics(popular, users.truth)
     for name, m in table.items():
         print(f"{name:32s} recall@20 {m['recall@20']:.4f}  recall@50 {m['recall@50']:.4f}  "
               f"ndcg@100 {m['ndcg@100']:.4f}  ({m['users']} test users)")
+        for protocol, metrics in m.get("protocols", {}).items():
+            print(f"    {protocol}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return {**machine(), "corpus": "ml-latest-small", "protocol": "held-out test users",
             "results": table}
+
+
+def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """The two-tower model of ``train_dir`` on every protocol, scored as jobs/evaluate.py
+    scores it (the random split retrains it on the 80%)."""
+    import numpy as np
+
+    from recsys import artifacts
+    from recsys.evaluation.evaluate import _retrain, protocol_metrics, rank
+    from recsys.evaluation.models import TwoTower
+    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
+                                             random_split, temporal)
+
+    preprocess_dir = artifacts.resolve(config.artifact_root, "preprocess", None)
+    corpus = load_corpus(preprocess_dir)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-quality-eval-") as work:
+        model = TwoTower(train_dir, corpus.movie_ids, str(Path(work) / "model"))
+        for protocol in (held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
+                         temporal(corpus), random_split(corpus, seed=config.split.seed)):
+            scorer = _retrain(config, preprocess_dir, corpus, protocol, work) \
+                if protocol.name == "random split" else model
+            counts = np.bincount(protocol.fit.columns, minlength=corpus.n_movies)
+            popular = np.argsort(-counts, kind="stable")[:max(1, corpus.n_movies // 100)]
+            out[protocol.name] = protocol_metrics(
+                protocol, rank(scorer, protocol, corpus.n_movies), popular, corpus.n_movies)
+    return out
 
 
 def main() -> int:
@@ -117,11 +161,16 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default=str(REPO / "data/synthetic/ml-25m-synthetic"))
     p.add_argument("--preprocess-root", default=None,
-                   help="artifact root that already holds a preprocess run of --input")
+                   help="artifact root whose preprocess run (of --input, or of "
+                        "ml-latest-small with --quality-small) is reused; made there if "
+                        "missing")
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="configuration override passed to the train job")
     p.add_argument("--quality-small", action="store_true")
+    p.add_argument("--all-protocols", action="store_true",
+                   help="--quality-small: also score the two-tower model on the validation "
+                        "users, the temporal protocol and the random split")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     result = quality_small(args) if args.quality_small else full_scale(args)
