@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 
-from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
+from measure import REPO, has_run, job_env, machine, run_measured, spark_submit_cmd
 
 FIRST_NIGHT = dt.date(2026, 1, 1)
 #: The scoring driver's JIT (README "Faster JVM start"): "quick" is the nightly's
@@ -45,19 +45,14 @@ SCORE_JIT = ("quick", "default")
 
 
 def ensure_artifacts(root: str, source: str, driver_memory: str) -> None:
-    from recsys import artifacts, io
-
-    def have(stage: str) -> bool:
-        return io.exists(io.join(io.normalize_uri(root), stage, artifacts.LATEST))
-
     env = job_env(sys.executable)
     steps = []
-    if not have("preprocess"):
+    if not has_run(root, "preprocess"):
         steps.append([*spark_submit_cmd(sys.executable, driver_memory),
                       str(REPO / "jobs/preprocess.py"), "--input", source])
-    if not have("train"):
+    if not has_run(root, "train"):
         steps.append([sys.executable, str(REPO / "jobs/train.py")])
-    if not have("index"):
+    if not has_run(root, "index"):
         steps.append([sys.executable, str(REPO / "jobs/build_index.py")])
     for cmd in steps:
         measured = run_measured([*cmd, "--artifact-root", root], env)

@@ -35,10 +35,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
+from measure import REPO, has_run, job_env, machine, run_measured, spark_submit_cmd
 
 
-def preprocess(root: str, source: str, driver_memory: str) -> None:
+def ensure_preprocessed(root: str, source: str, driver_memory: str) -> None:
+    """Preprocess ``source`` into ``root`` unless it already holds a preprocess run."""
+    if has_run(root, "preprocess"):
+        return
     cmd = [*spark_submit_cmd(sys.executable, driver_memory), str(REPO / "jobs/preprocess.py"),
            "--input", source, "--artifact-root", root]
     measured = run_measured(cmd, job_env(sys.executable))
@@ -51,8 +54,7 @@ def full_scale(args: argparse.Namespace) -> dict:
     from recsys import artifacts, io
 
     root = args.preprocess_root or tempfile.mkdtemp(prefix="bench-train-")
-    if not io.exists(io.join(io.normalize_uri(root), "preprocess", artifacts.LATEST)):
-        preprocess(root, args.input, args.driver_memory)
+    ensure_preprocessed(root, args.input, args.driver_memory)
     cmd = [sys.executable, str(REPO / "jobs/train.py"), "--artifact-root", root]
     for override in args.overrides:
         cmd += ["--set", override]
@@ -84,11 +86,8 @@ def quality_small(args: argparse.Namespace) -> dict:
     from recsys.model.examples import TEST, held_out_users
     from recsys.model.train import run_train
 
-    from recsys import artifacts, io
-
     root = args.preprocess_root or tempfile.mkdtemp(prefix="bench-quality-")
-    if not io.exists(io.join(io.normalize_uri(root), "preprocess", artifacts.LATEST)):
-        preprocess(root, str(REPO / "data/ml-latest-small"), "2g")
+    ensure_preprocessed(root, str(REPO / "data/ml-latest-small"), "2g")
     shipped = load_config(REPO / "conf/default.toml", [f"artifact_root={root}", *args.overrides])
     configs = {
         "two-tower (conf/default.toml" + "".join(f" {o}" for o in args.overrides) + ")": shipped,
@@ -132,10 +131,8 @@ def quality_small(args: argparse.Namespace) -> dict:
 def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noqa: ANN001
     """The two-tower model of ``train_dir`` on every protocol, scored as jobs/evaluate.py
     scores it (the random split retrains it on the 80%)."""
-    import numpy as np
-
     from recsys import artifacts
-    from recsys.evaluation.evaluate import _retrain, protocol_metrics, rank
+    from recsys.evaluation.evaluate import _retrain, popularity, protocol_metrics, rank
     from recsys.evaluation.models import TwoTower
     from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
                                              random_split, temporal)
@@ -149,8 +146,7 @@ def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noq
                          temporal(corpus), random_split(corpus, seed=config.split.seed)):
             scorer = _retrain(config, preprocess_dir, corpus, protocol, work) \
                 if protocol.name == "random split" else model
-            counts = np.bincount(protocol.fit.columns, minlength=corpus.n_movies)
-            popular = np.argsort(-counts, kind="stable")[:max(1, corpus.n_movies // 100)]
+            _, popular = popularity(protocol, corpus.n_movies)
             out[protocol.name] = protocol_metrics(
                 protocol, rank(scorer, protocol, corpus.n_movies), popular, corpus.n_movies)
     return out

@@ -61,6 +61,13 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
     return Measured(rc, round(wall, 1), round(peak / 2**30, 2))
 
 
+def has_run(root: str, stage: str) -> bool:
+    """Whether artifact root ``root`` holds a committed run of ``stage``."""
+    from recsys import artifacts, io
+
+    return io.exists(io.join(io.normalize_uri(root), stage, artifacts.LATEST))
+
+
 def machine() -> dict[str, str]:
     return {
         "date": dt.date.today().isoformat(),

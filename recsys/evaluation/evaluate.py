@@ -67,6 +67,13 @@ def rank(scorer: Any, protocol: Protocol, n_movies: int, k: int = TOP) -> np.nda
     return top
 
 
+def popularity(protocol: Protocol, n_movies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each movie's rating count in the protocol's fit data, and the 1% most rated movies
+    (at least one), the set popular-share is measured against."""
+    counts = np.bincount(protocol.fit.columns, minlength=n_movies)
+    return counts, np.argsort(-counts, kind="stable")[:max(1, n_movies // 100)]
+
+
 def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
                      n_movies: int) -> dict[str, float]:
     hits = hits_matrix(top, protocol.truth)
@@ -223,8 +230,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         popularity: dict[str, np.ndarray] = {}
         for protocol in protocols:
             with manifest.timed(protocol.name):
-                counts = np.bincount(protocol.fit.columns, minlength=corpus.n_movies)
-                popular = np.argsort(-counts, kind="stable")[:max(1, corpus.n_movies // 100)]
+                counts, popular = popularity(protocol, corpus.n_movies)
                 scorers: list[tuple[str, Any]] = []
                 if protocol.name == "random split":
                     if cfg.random_split_two_tower:
