@@ -132,7 +132,7 @@ def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noq
     """The two-tower model of ``train_dir`` on every protocol, scored as jobs/evaluate.py
     scores it (the random split retrains it on the 80%)."""
     from recsys import artifacts
-    from recsys.evaluation.evaluate import _retrain, popularity, protocol_metrics, rank
+    from recsys.evaluation.evaluate import _retrain, most_rated, protocol_metrics, rank
     from recsys.evaluation.models import TwoTower
     from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
                                              random_split, temporal)
@@ -146,7 +146,7 @@ def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noq
                          temporal(corpus), random_split(corpus, seed=config.split.seed)):
             scorer = _retrain(config, preprocess_dir, corpus, protocol, work) \
                 if protocol.name == "random split" else model
-            _, popular = popularity(protocol, corpus.n_movies)
+            _, popular = most_rated(protocol, corpus.n_movies)
             out[protocol.name] = protocol_metrics(
                 protocol, rank(scorer, protocol, corpus.n_movies), popular, corpus.n_movies)
     return out

@@ -67,7 +67,7 @@ def rank(scorer: Any, protocol: Protocol, n_movies: int, k: int = TOP) -> np.nda
     return top
 
 
-def popularity(protocol: Protocol, n_movies: int) -> tuple[np.ndarray, np.ndarray]:
+def most_rated(protocol: Protocol, n_movies: int) -> tuple[np.ndarray, np.ndarray]:
     """Each movie's rating count in the protocol's fit data, and the 1% most rated movies
     (at least one), the set popular-share is measured against."""
     counts = np.bincount(protocol.fit.columns, minlength=n_movies)
@@ -230,7 +230,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         popularity: dict[str, np.ndarray] = {}
         for protocol in protocols:
             with manifest.timed(protocol.name):
-                counts, popular = popularity(protocol, corpus.n_movies)
+                counts, popular = most_rated(protocol, corpus.n_movies)
                 scorers: list[tuple[str, Any]] = []
                 if protocol.name == "random split":
                     if cfg.random_split_two_tower:
