@@ -1,0 +1,169 @@
+"""Reference point for the quality goal: a *linear* two-tower trained as Mult-DAE.
+
+Not the product's model. It answers one question for DESIGN §6's quality goal: how well
+does the simplest two-tower do on the same split, scored by the same code, when nothing
+of §5's user tower (attention, rating feature, window of L ratings) or movie tower
+(content features) is in the way?
+
+* User tower: the L2-normalized binary bag of *every* input rating, times an id
+  embedding table, times a square matrix. Movie tower: a free id embedding. Cosine
+  scores divided by a temperature, plus an optional learned per-movie bias.
+* Training (Liang et al. 2018, Mult-DAE): each epoch every training user is one row;
+  half of the row's ratings are dropped from the input at random, and the row must
+  score each of its positives (ratings >= 4, up to --targets-per-row sampled) above the
+  negatives. Negatives are either the batch's other targets with the log-Q correction
+  and accidental-hit removal (``--loss in_batch``, as DESIGN §5's TFRS task) or every
+  movie (``--loss catalog``, Mult-DAE's multinomial).
+* It trains on the temporal protocol's fit data (every training user's history minus
+  their last rating, the temporal target, which the product's training never sees
+  either), and picks the epoch by validation Recall@20, checked every --every epochs.
+* Scored with ``jobs/evaluate.py``'s own ``rank`` and ``protocol_metrics``: the
+  held-out validation and test users (Recall@20) and the temporal protocol (HR@10).
+
+    python benchmarks/linear_reference.py --preprocess-root /tmp/q --loss in_batch --seed 0
+
+``--preprocess-root`` is a root holding a preprocess run of ml-latest-small (for example
+the one ``bench_train.py --quality-small --preprocess-root DIR`` makes). Prints one line
+per checked epoch and a final JSON line. About a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from measure import REPO, machine
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preprocess-root", required=True,
+                   help="artifact root holding a preprocess run of ml-latest-small")
+    p.add_argument("--loss", choices=("in_batch", "catalog"), default="in_batch")
+    p.add_argument("--dim", type=int, default=64, help="embedding dimension (64)")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--every", type=int, default=10,
+                   help="score validation every this many epochs (10)")
+    p.add_argument("--dropout", type=float, default=0.5,
+                   help="share of a row's input ratings dropped (0.5)")
+    p.add_argument("--learning-rate", type=float, default=0.003)
+    p.add_argument("--batch-size", type=int, default=64, help="users per batch (64)")
+    p.add_argument("--targets-per-row", type=int, default=32,
+                   help="in_batch: positives sampled per row (32)")
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--movie-bias", action="store_true", help="learned per-movie score bias")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.dropout < 1.0:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.every < 1 or args.epochs < 1:
+        p.error("--epochs and --every must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import tensorflow as tf
+
+    from recsys import artifacts
+    from recsys.evaluation.evaluate import most_rated, protocol_metrics, rank
+    from recsys.evaluation.protocols import (TEST, VALIDATION, Interactions, held_out_users,
+                                             load_corpus, temporal)
+
+    try:
+        pre = artifacts.resolve(args.preprocess_root, "preprocess", None)
+    except artifacts.ArtifactError as err:
+        raise SystemExit(f"linear_reference.py: {err} (for example: python "
+                         "benchmarks/bench_train.py --quality-small --preprocess-root DIR)")
+    corpus = load_corpus(pre)
+    n = corpus.n_movies
+    protocols = [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
+                 temporal(corpus)]
+    fit = protocols[2].fit  # training users minus each one's last rating
+    tf.keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    def dense(inter: Interactions, keep: np.ndarray | None = None) -> np.ndarray:
+        x = np.zeros((inter.users, n), np.float32)
+        sel = np.ones(inter.columns.size, bool) if keep is None else keep
+        x[inter.owners()[sel], inter.columns[sel]] = 1.0
+        return x
+
+    inputs, positives = dense(fit), dense(fit, fit.ratings >= 4.0)
+    counts = positives.sum(0) + 1.0
+    log_q = tf.constant(np.log(counts / counts.sum()).astype(np.float32))
+    init = tf.random_normal_initializer(stddev=0.05)
+    e_in, e_out = tf.Variable(init([n, args.dim])), tf.Variable(init([n, args.dim]))
+    w = tf.Variable(tf.eye(args.dim))
+    bias = tf.Variable(tf.zeros([n]))
+    variables = [e_in, w, e_out] + ([bias] if args.movie_bias else [])
+    opt = tf.keras.optimizers.Adam(args.learning_rate)
+    k = args.targets_per_row
+
+    def users(x):
+        return tf.math.l2_normalize(tf.math.l2_normalize(x, axis=1) @ e_in @ w, axis=1)
+
+    def catalog_logits(u):
+        s = u @ tf.transpose(tf.math.l2_normalize(e_out, axis=1)) / args.temperature
+        return s + bias if args.movie_bias else s
+
+    @tf.function
+    def step(x, pos):
+        with tf.GradientTape() as tape:
+            keep = tf.cast(tf.random.uniform(tf.shape(x)) >= args.dropout, tf.float32)
+            u = users(x * keep)
+            rows = tf.cast(tf.shape(x)[0], tf.float32)
+            if args.loss == "catalog":
+                loss = -tf.reduce_sum(tf.nn.log_softmax(catalog_logits(u)) * pos) / rows
+            else:
+                draw = tf.where(pos > 0, tf.random.uniform(tf.shape(pos)), -1.0)
+                value, col = tf.math.top_k(draw, k)  # up to k random positives per row
+                ok = value >= 0
+                row = tf.boolean_mask(tf.repeat(tf.range(tf.shape(x)[0])[:, None], k, 1), ok)
+                col = tf.boolean_mask(col, ok)
+                v = tf.math.l2_normalize(tf.gather(e_out, col), axis=1)
+                s = tf.gather(u, row) @ tf.transpose(v) / args.temperature
+                if args.movie_bias:
+                    s += tf.gather(bias, col)[None, :]
+                s -= tf.gather(log_q, col)[None, :]  # log-Q correction
+                hit = tf.equal(col[:, None], col[None, :]) & ~tf.eye(tf.size(col), dtype=tf.bool)
+                s = tf.where(hit, -1e9, s)  # accidental hits
+                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    tf.range(tf.size(col)), s)) / rows
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    class Scorer:
+        def scores(self, query: Interactions, rows: slice) -> np.ndarray:
+            return catalog_logits(users(dense(query)[rows])).numpy()
+
+    t0, best, checks = time.time(), None, []
+    for epoch in range(1, args.epochs + 1):
+        order = rng.permutation(inputs.shape[0])
+        for start in range(0, order.size, args.batch_size):
+            idx = order[start:start + args.batch_size]
+            step(inputs[idx], positives[idx])
+        if epoch % args.every and epoch != args.epochs:
+            continue
+        figures = {}
+        for p, key, name in zip(protocols, ("recall@20", "recall@20", "hr@10"),
+                                ("validation_recall@20", "test_recall@20", "temporal_hr@10")):
+            _, popular = most_rated(p, n)
+            figures[name] = round(protocol_metrics(p, rank(Scorer(), p, n), popular, n)[key], 4)
+        checks.append({"epoch": epoch, **figures})
+        print(f"epoch {epoch:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
+              + f"  ({time.time() - t0:.0f} s)", flush=True)
+        if best is None or figures["validation_recall@20"] > best["validation_recall@20"]:
+            best = checks[-1]
+    print(json.dumps({"args": vars(args), "best_by_validation": best, "checks": checks,
+                      "machine": machine(), "seconds": round(time.time() - t0, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
