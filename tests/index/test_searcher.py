@@ -79,9 +79,6 @@ def test_a_spilled_tree_searching_every_leaf_is_exact_and_survives_serialization
     ids = np.arange(6000) * 3 + 1
     spilled = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
                                   settings=scann_settings(6000, 50, scoring="brute"))
-    single = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
-                                 settings=scann_settings(6000, 50, scoring="brute",
-                                                         spill_lambda=0))
     assert spilled.info["settings"]["spill_lambda"] == 1.5
     truth, truth_scores = numpy_top_k(q, db, ids, 50)
     # each movie sits in two leaves, yet every leaf searched gives each movie once
@@ -89,10 +86,18 @@ def test_a_spilled_tree_searching_every_leaf_is_exact_and_survives_serialization
     assert all(len(set(row)) == 50 for row in every)
     assert recall_at_k(every, truth) == 1.0
     np.testing.assert_allclose(every_scores, truth_scores, rtol=1e-5, atol=1e-5)
-    # and a few leaves find more of the true neighbours than without spilling
-    few = {s: recall_at_k(s.search(q, 50, leaves_to_search=4)[0], truth)
-           for s in (spilled, single)}
-    assert few[spilled] > few[single]
+    # and a few leaves find more of the true neighbours than without spilling. ScaNN's
+    # k-means is not seeded, so each build's tree differs: compare the mean over three
+    # builds of each, at 2 leaves (8 trials: spilled ahead by 0.04-0.12 per build there,
+    # by as little as -0.02 at 4 leaves)
+    def recall_with_few_leaves(spill_lambda: float | None) -> float:
+        extra = {} if spill_lambda is None else {"spill_lambda": spill_lambda}
+        return float(np.mean([recall_at_k(MovieSearcher.build(
+            db, ids, kind="scann", num_neighbors=50,
+            settings=scann_settings(6000, 50, scoring="brute", **extra)).search(
+                q, 50, leaves_to_search=2)[0], truth) for _ in range(3)]))
+
+    assert recall_with_few_leaves(None) > recall_with_few_leaves(0)
     spilled.save(str(tmp_path / "s"))
     again = MovieSearcher.load(str(tmp_path / "s"))
     np.testing.assert_array_equal(again.search(q, 50)[0], spilled.search(q, 50)[0])
