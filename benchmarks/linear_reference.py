@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys import artifacts
     from recsys.evaluation.evaluate import most_rated, protocol_metrics, rank
+    from recsys.evaluation.models import _binary
     from recsys.evaluation.protocols import (TEST, VALIDATION, Interactions, held_out_users,
                                              load_corpus, temporal)
 
@@ -89,13 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     tf.keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    def dense(inter: Interactions, keep: np.ndarray | None = None) -> np.ndarray:
-        x = np.zeros((inter.users, n), np.float32)
-        sel = np.ones(inter.columns.size, bool) if keep is None else keep
-        x[inter.owners()[sel], inter.columns[sel]] = 1.0
-        return x
-
-    inputs, positives = dense(fit), dense(fit, fit.ratings >= 4.0)
+    inputs = _binary(fit, n)
+    positives = _binary(fit.subset(np.arange(fit.users), fit.ratings >= 4.0), n)
     counts = positives.sum(0) + 1.0
     log_q = tf.constant(np.log(counts / counts.sum()).astype(np.float32))
     init = tf.random_normal_initializer(stddev=0.05)
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     class Scorer:
         def scores(self, query: Interactions, rows: slice) -> np.ndarray:
-            return catalog_logits(users(dense(query)[rows])).numpy()
+            return catalog_logits(users(_binary(query, n, rows))).numpy()
 
     t0, best, checks = time.time(), None, []
     for epoch in range(1, args.epochs + 1):
