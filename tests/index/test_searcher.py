@@ -92,10 +92,13 @@ def test_a_spilled_tree_searching_every_leaf_is_exact_and_survives_serialization
     # by as little as -0.02 at 4 leaves)
     def recall_with_few_leaves(spill_lambda: float | None) -> float:
         extra = {} if spill_lambda is None else {"spill_lambda": spill_lambda}
-        return float(np.mean([recall_at_k(MovieSearcher.build(
-            db, ids, kind="scann", num_neighbors=50,
-            settings=scann_settings(6000, 50, scoring="brute", **extra)).search(
-                q, 50, leaves_to_search=2)[0], truth) for _ in range(3)]))
+        settings = scann_settings(6000, 50, scoring="brute", **extra)
+        recalls = []
+        for _ in range(3):
+            searcher = MovieSearcher.build(db, ids, kind="scann", num_neighbors=50,
+                                           settings=settings)
+            recalls.append(recall_at_k(searcher.search(q, 50, leaves_to_search=2)[0], truth))
+        return float(np.mean(recalls))
 
     assert recall_with_few_leaves(None) > recall_with_few_leaves(0)
     spilled.save(str(tmp_path / "s"))
