@@ -19,6 +19,9 @@ of §5's user tower (attention, rating feature, window of L ratings) or movie to
   either), and picks the epoch by validation Recall@20, checked every --every epochs.
 * Scored with ``jobs/evaluate.py``'s own ``rank`` and ``protocol_metrics``: the
   held-out validation and test users (Recall@20) and the temporal protocol (HR@10).
+  With ``--random-split`` a second model is trained on the random split's 80% (as the
+  evaluation retrains the two-tower model) and scored on its top-10 / top-100 accuracy,
+  its epoch also picked by validation Recall@20.
 
     python benchmarks/linear_reference.py --preprocess-root /tmp/q --loss in_batch --seed 0
 
@@ -34,6 +37,7 @@ import json
 import os
 import sys
 import time
+import tomllib
 
 from measure import REPO, machine
 
@@ -56,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--movie-bias", action="store_true", help="learned per-movie score bias")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rating-bag", action="store_true",
+                   help="add a second bag: each input's user-mean-centred rating times a "
+                        "second movie embedding (the rating feature of DESIGN §5, linearly)")
+    p.add_argument("--random-split", action="store_true",
+                   help="also train a second model on the random split's 80%% and report "
+                        "its top-10 / top-100 accuracy (as jobs/evaluate.py retrains)")
     args = p.parse_args(argv)
     if not 0.0 <= args.dropout < 1.0:
         p.error(f"--dropout must be in [0, 1), got {args.dropout}")
@@ -64,33 +74,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    sys.path.insert(0, str(REPO))
+def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> dict:
+    """Train on ``fit``; every --every epochs score each of ``checks`` (protocol, metric,
+    name); return the best check by validation Recall@20 and all checks."""
     import numpy as np
     import tensorflow as tf
 
-    from recsys import artifacts
     from recsys.evaluation.evaluate import most_rated, protocol_metrics, rank
     from recsys.evaluation.models import _binary
-    from recsys.evaluation.protocols import (TEST, VALIDATION, Interactions, held_out_users,
-                                             load_corpus, temporal)
+    from recsys.evaluation.protocols import Interactions
 
-    try:
-        pre = artifacts.resolve(args.preprocess_root, "preprocess", None)
-    except artifacts.ArtifactError as err:
-        raise SystemExit(f"linear_reference.py: {err} (for example: python "
-                         "benchmarks/bench_train.py --quality-small --preprocess-root DIR)")
-    corpus = load_corpus(pre)
-    n = corpus.n_movies
-    protocols = [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
-                 temporal(corpus)]
-    fit = protocols[2].fit  # training users minus each one's last rating
     tf.keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    def centred(inter: Interactions, rows: slice | None = None) -> np.ndarray:
+        """Each input rating minus its user's mean rating, as a dense [users, n] matrix."""
+        rows = rows or slice(0, inter.users)
+        part = inter.subset(np.arange(rows.start, rows.stop))
+        owner = part.owners()
+        mean = np.bincount(owner, part.ratings, part.users) / np.maximum(np.diff(part.offsets), 1)
+        x = np.zeros((part.users, n), np.float32)
+        x[owner, part.columns] = part.ratings - mean[owner]
+        return x
 
     inputs = _binary(fit, n)
+    ratings = centred(fit) if args.rating_bag else np.zeros((fit.users, 1), np.float32)
     positives = _binary(fit.subset(np.arange(fit.users), fit.ratings >= 4.0), n)
     counts = positives.sum(0) + 1.0
     log_q = tf.constant(np.log(counts / counts.sum()).astype(np.float32))
@@ -98,22 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     e_in, e_out = tf.Variable(init([n, args.dim])), tf.Variable(init([n, args.dim]))
     w = tf.Variable(tf.eye(args.dim))
     bias = tf.Variable(tf.zeros([n]))
-    variables = [e_in, w, e_out] + ([bias] if args.movie_bias else [])
+    e_rating = tf.Variable(tf.zeros([n if args.rating_bag else 1, args.dim]))
+    variables = [e_in, w, e_out] + ([bias] if args.movie_bias else []) \
+        + ([e_rating] if args.rating_bag else [])
     opt = tf.keras.optimizers.Adam(args.learning_rate)
     k = args.targets_per_row
 
-    def users(x):
-        return tf.math.l2_normalize(tf.math.l2_normalize(x, axis=1) @ e_in @ w, axis=1)
+    def users(x, r):
+        scale = tf.maximum(tf.norm(x, axis=1, keepdims=True), 1e-12)
+        bag = x @ e_in + (r @ e_rating if args.rating_bag else 0.0)
+        return tf.math.l2_normalize(bag / scale @ w, axis=1)
 
     def catalog_logits(u):
         s = u @ tf.transpose(tf.math.l2_normalize(e_out, axis=1)) / args.temperature
         return s + bias if args.movie_bias else s
 
     @tf.function
-    def step(x, pos):
+    def step(x, r, pos):
         with tf.GradientTape() as tape:
             keep = tf.cast(tf.random.uniform(tf.shape(x)) >= args.dropout, tf.float32)
-            u = users(x * keep)
+            u = users(x * keep, r * keep if args.rating_bag else r)
             rows = tf.cast(tf.shape(x)[0], tf.float32)
             if args.loss == "catalog":
                 loss = -tf.reduce_sum(tf.nn.log_softmax(catalog_logits(u)) * pos) / rows
@@ -136,28 +147,63 @@ def main(argv: list[str] | None = None) -> int:
 
     class Scorer:
         def scores(self, query: Interactions, rows: slice) -> np.ndarray:
-            return catalog_logits(users(_binary(query, n, rows))).numpy()
+            r = centred(query, rows) if args.rating_bag else np.zeros((1, 1), np.float32)
+            return catalog_logits(users(_binary(query, n, rows), r)).numpy()
 
-    t0, best, checks = time.time(), None, []
+    best, done = None, []
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(inputs.shape[0])
         for start in range(0, order.size, args.batch_size):
             idx = order[start:start + args.batch_size]
-            step(inputs[idx], positives[idx])
+            step(inputs[idx], ratings[idx] if args.rating_bag else ratings[:1], positives[idx])
         if epoch % args.every and epoch != args.epochs:
             continue
         figures = {}
-        for p, key, name in zip(protocols, ("recall@20", "recall@20", "hr@10"),
-                                ("validation_recall@20", "test_recall@20", "temporal_hr@10")):
+        for p, key, name in checks:
             _, popular = most_rated(p, n)
             figures[name] = round(protocol_metrics(p, rank(Scorer(), p, n), popular, n)[key], 4)
-        checks.append({"epoch": epoch, **figures})
+        done.append({"epoch": epoch, **figures})
         print(f"epoch {epoch:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
               + f"  ({time.time() - t0:.0f} s)", flush=True)
         if best is None or figures["validation_recall@20"] > best["validation_recall@20"]:
-            best = checks[-1]
-    print(json.dumps({"args": vars(args), "best_by_validation": best, "checks": checks,
-                      "machine": machine(), "seconds": round(time.time() - t0, 1)}))
+            best = done[-1]
+    return {"best_by_validation": best, "checks": done}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    sys.path.insert(0, str(REPO))
+    from recsys import artifacts, io
+    from recsys.config import config_from_dict
+    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
+                                             random_split, temporal)
+
+    try:
+        pre = artifacts.resolve(args.preprocess_root, "preprocess", None)
+    except artifacts.ArtifactError as err:
+        raise SystemExit(f"linear_reference.py: {err} (for example: python "
+                         "benchmarks/bench_train.py --quality-small --preprocess-root DIR)")
+    corpus = load_corpus(pre)
+    n = corpus.n_movies
+    validation = (held_out_users(corpus, VALIDATION), "recall@20", "validation_recall@20")
+    temporal_protocol = temporal(corpus)
+    # Main run: the temporal protocol's fit data (training users minus each one's last
+    # rating, the temporal target, which the product's training never sees either).
+    runs = {"main": (temporal_protocol.fit, [
+        validation, (held_out_users(corpus, TEST), "recall@20", "test_recall@20"),
+        (temporal_protocol, "hr@10", "temporal_hr@10")])}
+    if args.random_split:
+        # As jobs/evaluate.py retrains the two-tower model: on the random split's 80%.
+        preprocess_config = tomllib.loads(io.read_text(io.join(pre, "config.toml")))
+        split = random_split(corpus, seed=config_from_dict(preprocess_config).split.seed)
+        runs["random_split"] = (split.fit, [
+            validation, (split, "top10_accuracy", "random_top10_accuracy"),
+            (split, "top100_accuracy", "random_top100_accuracy")])
+    t0 = time.time()
+    report = {name: fit_and_check(args, fit, checks, n, t0) for name, (fit, checks) in runs.items()}
+    print(json.dumps({"args": vars(args), **report, "machine": machine(),
+                      "seconds": round(time.time() - t0, 1)}))
     return 0
 
 
