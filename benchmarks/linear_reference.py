@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--movie-bias", action="store_true", help="learned per-movie score bias")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", choices=("all", "hidden"), default="all",
+                   help="a row's targets: all its positives, shown ones included (Mult-DAE, "
+                        "default), or only those its dropout hid (the product's held_out_set)")
     p.add_argument("--rating-bag", action="store_true",
                    help="add a second bag: each input's user-mean-centred rating times a "
                         "second movie embedding (the rating feature of DESIGN §5, linearly)")
@@ -125,6 +128,8 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
         with tf.GradientTape() as tape:
             keep = tf.cast(tf.random.uniform(tf.shape(x)) >= args.dropout, tf.float32)
             u = users(x * keep, r * keep if args.rating_bag else r)
+            if args.targets == "hidden":  # only what the row's input hides, as held_out_set
+                pos = pos * (1.0 - keep)
             rows = tf.cast(tf.shape(x)[0], tf.float32)
             if args.loss == "catalog":
                 loss = -tf.reduce_sum(tf.nn.log_softmax(catalog_logits(u)) * pos) / rows
