@@ -78,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> dict:
-    """Train on ``fit``; every --every epochs score each of ``checks`` (protocol, metric,
-    name); return the best check by validation Recall@20 and all checks."""
+    """Train on ``fit``; every --every epochs rank each protocol of ``checks`` (protocol,
+    {reported name: metric}) once and report its metrics; return the best check by
+    validation Recall@20 and all checks."""
     import numpy as np
     import tensorflow as tf
 
@@ -89,6 +90,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
 
     tf.keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+
     def centred(inter: Interactions, rows: slice | None = None) -> np.ndarray:
         """Each input rating minus its user's mean rating, as a dense [users, n] matrix."""
         rows = rows or slice(0, inter.users)
@@ -100,7 +102,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
         return x
 
     inputs = _binary(fit, n)
-    ratings = centred(fit) if args.rating_bag else np.zeros((fit.users, 1), np.float32)
+    ratings = centred(fit) if args.rating_bag else None
     positives = _binary(fit.subset(np.arange(fit.users), fit.ratings >= 4.0), n)
     counts = positives.sum(0) + 1.0
     log_q = tf.constant(np.log(counts / counts.sum()).astype(np.float32))
@@ -108,15 +110,17 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
     e_in, e_out = tf.Variable(init([n, args.dim])), tf.Variable(init([n, args.dim]))
     w = tf.Variable(tf.eye(args.dim))
     bias = tf.Variable(tf.zeros([n]))
-    e_rating = tf.Variable(tf.zeros([n if args.rating_bag else 1, args.dim]))
-    variables = [e_in, w, e_out] + ([bias] if args.movie_bias else []) \
-        + ([e_rating] if args.rating_bag else [])
+    variables = [e_in, w, e_out] + ([bias] if args.movie_bias else [])
+    if args.rating_bag:
+        e_rating = tf.Variable(tf.zeros([n, args.dim]))
+        variables.append(e_rating)
     opt = tf.keras.optimizers.Adam(args.learning_rate)
     k = args.targets_per_row
 
-    def users(x, r):
+    def users(x, r=None):
+        """r: the centred-rating bag (--rating-bag), else None."""
         scale = tf.maximum(tf.norm(x, axis=1, keepdims=True), 1e-12)
-        bag = x @ e_in + (r @ e_rating if args.rating_bag else 0.0)
+        bag = x @ e_in if r is None else x @ e_in + r @ e_rating
         return tf.math.l2_normalize(bag / scale @ w, axis=1)
 
     def catalog_logits(u):
@@ -127,7 +131,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
     def step(x, r, pos):
         with tf.GradientTape() as tape:
             keep = tf.cast(tf.random.uniform(tf.shape(x)) >= args.dropout, tf.float32)
-            u = users(x * keep, r * keep if args.rating_bag else r)
+            u = users(x * keep, None if r is None else r * keep)
             if args.targets == "hidden":  # only what the row's input hides, as held_out_set
                 pos = pos * (1.0 - keep)
             rows = tf.cast(tf.shape(x)[0], tf.float32)
@@ -152,7 +156,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
 
     class Scorer:
         def scores(self, query: Interactions, rows: slice) -> np.ndarray:
-            r = centred(query, rows) if args.rating_bag else np.zeros((1, 1), np.float32)
+            r = centred(query, rows) if args.rating_bag else None
             return catalog_logits(users(_binary(query, n, rows), r)).numpy()
 
     best, done = None, []
@@ -160,13 +164,14 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
         order = rng.permutation(inputs.shape[0])
         for start in range(0, order.size, args.batch_size):
             idx = order[start:start + args.batch_size]
-            step(inputs[idx], ratings[idx] if args.rating_bag else ratings[:1], positives[idx])
+            step(inputs[idx], None if ratings is None else ratings[idx], positives[idx])
         if epoch % args.every and epoch != args.epochs:
             continue
         figures = {}
-        for p, key, name in checks:
+        for p, wanted in checks:
             _, popular = most_rated(p, n)
-            figures[name] = round(protocol_metrics(p, rank(Scorer(), p, n), popular, n)[key], 4)
+            metrics = protocol_metrics(p, rank(Scorer(), p, n), popular, n)
+            figures.update({name: round(metrics[key], 4) for name, key in wanted.items()})
         done.append({"epoch": epoch, **figures})
         print(f"epoch {epoch:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
               + f"  ({time.time() - t0:.0f} s)", flush=True)
@@ -191,20 +196,20 @@ def main(argv: list[str] | None = None) -> int:
                          "benchmarks/bench_train.py --quality-small --preprocess-root DIR)")
     corpus = load_corpus(pre)
     n = corpus.n_movies
-    validation = (held_out_users(corpus, VALIDATION), "recall@20", "validation_recall@20")
+    validation = (held_out_users(corpus, VALIDATION), {"validation_recall@20": "recall@20"})
     temporal_protocol = temporal(corpus)
     # Main run: the temporal protocol's fit data (training users minus each one's last
     # rating, the temporal target, which the product's training never sees either).
     runs = {"main": (temporal_protocol.fit, [
-        validation, (held_out_users(corpus, TEST), "recall@20", "test_recall@20"),
-        (temporal_protocol, "hr@10", "temporal_hr@10")])}
+        validation, (held_out_users(corpus, TEST), {"test_recall@20": "recall@20"}),
+        (temporal_protocol, {"temporal_hr@10": "hr@10"})])}
     if args.random_split:
         # As jobs/evaluate.py retrains the two-tower model: on the random split's 80%.
-        preprocess_config = tomllib.loads(io.read_text(io.join(pre, "config.toml")))
+        preprocess_config = tomllib.loads(io.read_text(io.join(pre, artifacts.CONFIG)))
         split = random_split(corpus, seed=config_from_dict(preprocess_config).split.seed)
-        runs["random_split"] = (split.fit, [
-            validation, (split, "top10_accuracy", "random_top10_accuracy"),
-            (split, "top100_accuracy", "random_top100_accuracy")])
+        runs["random_split"] = (split.fit, [validation, (split, {
+            "random_top10_accuracy": "top10_accuracy",
+            "random_top100_accuracy": "top100_accuracy"})])
     t0 = time.time()
     report = {name: fit_and_check(args, fit, checks, n, t0) for name, (fit, checks) in runs.items()}
     print(json.dumps({"args": vars(args), **report, "machine": machine(),
