@@ -93,8 +93,9 @@ def tradeoff(args: argparse.Namespace) -> dict:
     import recsys  # noqa: F401  (TensorFlow's environment first)
     from recsys import artifacts
     from recsys.config import load_config
-    from recsys.evaluation.evaluate import _retrain, most_rated, protocol_metrics, rank, tune_als
-    from recsys.evaluation.models import AlsFit, AlsScorer, Ease, MostPopular, TwoTower
+    from recsys.evaluation.evaluate import (_retrain, als_scorer, ease_scorer, most_rated,
+                                            protocol_metrics, rank, tune_als)
+    from recsys.evaluation.models import MostPopular, TwoTower
     from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
                                              random_split, temporal)
     from recsys.model.train import run_train
@@ -108,6 +109,8 @@ def tradeoff(args: argparse.Namespace) -> dict:
     corpus = load_corpus(preprocess_dir)
     protocols = [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
                  temporal(corpus), random_split(corpus, seed=config.split.seed)]
+    # (fit counts, the 1% most-rated movies) per protocol: the prior and popular-share
+    popularity = {p.name: most_rated(p, corpus.n_movies) for p in protocols}
     work = tempfile.mkdtemp(prefix="bench-tradeoff-work-")
     started = time.perf_counter()
     # scorers[model][protocol name]: the model as the evaluation scores it on that protocol
@@ -124,21 +127,20 @@ def tradeoff(args: argparse.Namespace) -> dict:
             print("tuning ALS on the validation users (the evaluation's grid)", flush=True)
             tuned, _ = tune_als(spark, corpus, config)
             for p in protocols:
-                fit = tuned if tuned.fit.same(p.fit) else \
-                    AlsFit(spark, p.fit, corpus.movie_ids, tuned.settings)
-                scorers["ALS"][p.name] = AlsScorer(fit, p.query)
+                scorers["ALS"][p.name] = als_scorer(spark, tuned, p, corpus.movie_ids)
         if "EASE" in models:
-            ev = config.evaluate
             for p in protocols:
-                scorers["EASE"][p.name] = Ease(p.fit, corpus.n_movies, l2=ev.ease_l2,
-                                               max_movies=ev.ease_max_movies,
-                                               min_count=ev.ease_min_count)
+                ease = ease_scorer(p, corpus.n_movies, config.evaluate)
+                if ease is None:
+                    raise SystemExit(f"EASE is off for {corpus.n_movies} movies (over "
+                                     "evaluate.ease_max_movies); leave it out of --models")
+                scorers["EASE"][p.name] = ease
         rows = []
         for model in models:
             for beta in betas:
                 row = {"model": model, "beta": beta, "protocols": {}}
                 for p in protocols:
-                    counts, popular = most_rated(p, corpus.n_movies)
+                    counts, popular = popularity[p.name]
                     scorer = WithPrior(scorers[model][p.name], counts, beta)
                     row["protocols"][p.name] = protocol_metrics(
                         p, rank(scorer, p, corpus.n_movies), popular, corpus.n_movies)
@@ -149,10 +151,9 @@ def tradeoff(args: argparse.Namespace) -> dict:
             spark.stop()
     reference = {}
     for p in protocols:  # most-popular itself: the prior alone
-        _, popular = most_rated(p, corpus.n_movies)
         reference[p.name] = protocol_metrics(
-            p, rank(MostPopular(p.fit, corpus.n_movies), p, corpus.n_movies), popular,
-            corpus.n_movies)
+            p, rank(MostPopular(p.fit, corpus.n_movies), p, corpus.n_movies),
+            popularity[p.name][1], corpus.n_movies)
     print(_line("most-popular", reference))
     return {**machine(), "corpus": "ml-latest-small", "command": " ".join(sys.argv),
             "prior": "z_user(score) + beta * z(log1p(fit count))", "wall_s":

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from recsys import artifacts, io
-from recsys.config import Config
+from recsys.config import Config, EvaluateConfig
 from recsys.csr import list_column
 from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
@@ -150,6 +150,24 @@ def tune_als(spark: SparkSession, corpus: Corpus, config: Config
     return fits[best], tried
 
 
+def als_scorer(spark: SparkSession, tuned: AlsFit, protocol: Protocol,
+               catalog: np.ndarray) -> AlsScorer:
+    """ALS on ``protocol``: the tuned fit where the protocol fits on the same ratings (the
+    held-out users'), else a fit of ``protocol.fit`` with the tuned settings."""
+    fit = tuned if tuned.fit.same(protocol.fit) \
+        else AlsFit(spark, protocol.fit, catalog, tuned.settings)
+    return AlsScorer(fit, protocol.query)
+
+
+def ease_scorer(protocol: Protocol, n_movies: int, cfg: EvaluateConfig) -> Ease | None:
+    """EASE fitted on ``protocol.fit``; None when the catalog is over
+    ``evaluate.ease_max_movies`` (EASE needs a dense movies x movies matrix)."""
+    if n_movies > cfg.ease_max_movies:
+        return None
+    return Ease(protocol.fit, n_movies, l2=cfg.ease_l2, max_movies=cfg.ease_max_movies,
+                min_count=cfg.ease_min_count)
+
+
 def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
                      dest_root: str) -> None:
     """A preprocess run under ``dest_root`` whose training users keep only their
@@ -240,14 +258,11 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                 else:
                     scorers.append((TwoTower.name, two_tower))
                 scorers.append((MostPopular.name, MostPopular(protocol.fit, corpus.n_movies)))
-                als = als_tuned if als_tuned.fit.same(protocol.fit) \
-                    else AlsFit(spark, protocol.fit, corpus.movie_ids, als_settings)
-                scorers.append((AlsScorer.name, AlsScorer(als, protocol.query)))
-                if corpus.n_movies <= cfg.ease_max_movies:
-                    scorers.append((Ease.name, Ease(protocol.fit, corpus.n_movies,
-                                                    l2=cfg.ease_l2,
-                                                    max_movies=cfg.ease_max_movies,
-                                                    min_count=cfg.ease_min_count)))
+                scorers.append((AlsScorer.name,
+                                als_scorer(spark, als_tuned, protocol, corpus.movie_ids)))
+                ease = ease_scorer(protocol, corpus.n_movies, cfg)
+                if ease is not None:
+                    scorers.append((Ease.name, ease))
                 models, tops = {}, {}
                 for name, scorer in scorers:
                     top = tops[name] = rank(scorer, protocol, corpus.n_movies)
