@@ -26,19 +26,25 @@ def _histories(rng: np.random.Generator, rows: int, width: int, movies: int):
     return np.where(pad, 0, m), np.where(pad, 0.0, r).astype(np.float32)
 
 
-@pytest.mark.parametrize("layers,normalize", [((16,), True), ((), True), ((8, 8), False)])
-def test_folded_tower_equals_the_keras_tower(layers, normalize):
-    cfg = ModelConfig(history_length=7, hidden_dim=8, attention_heads=2, embedding_dim=4,
+def sharpened_tower(layers, normalize, length: int = 7, movies: int = 30):
+    """A built history tower (the same initial weights on every run) with sharpened
+    attention, and 40 histories 10 wide (wider than ``length``: cut to its last columns).
+    Random weights give near-uniform attention; sharpening the projections makes the
+    attention pattern (and its mask) matter to the comparisons."""
+    cfg = ModelConfig(history_length=length, hidden_dim=8, attention_heads=2, embedding_dim=4,
                       tower_layers=layers, normalize=normalize)
-    tf.keras.utils.set_random_seed(11)  # the same initial weights on every run
-    tower = HistoryUserTower(30, cfg)
-    rng = np.random.default_rng(3)
-    m, r = _histories(rng, 40, 10, 30)  # wider than history_length: both cut to the last 7
+    tf.keras.utils.set_random_seed(11)
+    tower = HistoryUserTower(movies, cfg)
+    m, r = _histories(np.random.default_rng(3), 40, 10, movies)
     tower((m, r))  # builds it
-    # random weights give near-uniform attention; sharpen the projections so the
-    # attention pattern (and its mask) matter to the comparison
     for v in tower.attention.weights:
         v.assign(v * 4.0)
+    return tower, m, r
+
+
+@pytest.mark.parametrize("layers,normalize", [((16,), True), ((), True), ((8, 8), False)])
+def test_folded_tower_equals_the_keras_tower(layers, normalize):
+    tower, m, r = sharpened_tower(layers, normalize)
     expected = tower((m, r)).numpy()
     folded = FoldedHistoryTower(tower)((m, r)).numpy()
     assert folded.shape == (40, 4)

@@ -11,36 +11,22 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from recsys.config import ModelConfig
 from recsys.index.searcher import MovieSearcher
 from recsys.model.export import save_user_tower
 from recsys.model.folded import FoldedHistoryTower
 from recsys.model.serving import (
     SERVING_ARRAYS, NumpyHistoryTower, embed_histories, load_user_tower, serving_form,
 )
-from recsys.model.towers import HistoryUserTower
-from tests.model.test_folded import ROUNDING, _histories
+from tests.model.test_folded import ROUNDING, sharpened_tower
 
 IDS = np.arange(30, dtype=np.int64) * 7 + 1000  # raw movie ids of model indices 1..30
-
-
-def _tower(layers, normalize, length=7):
-    cfg = ModelConfig(history_length=length, hidden_dim=8, attention_heads=2, embedding_dim=4,
-                      tower_layers=layers, normalize=normalize)
-    tf.keras.utils.set_random_seed(11)  # the same initial weights on every run
-    tower = HistoryUserTower(IDS.size, cfg)
-    m, r = _histories(np.random.default_rng(3), 40, 10, IDS.size)
-    tower((m, r))
-    for v in tower.attention.weights:  # sharpen attention so its pattern and mask matter
-        v.assign(v * 4.0)
-    return tower, m, r
+# (sharpened_tower's 30 movies)
 
 
 @pytest.mark.parametrize("layers,normalize", [((16,), True), ((), True), ((8, 8), False)])
 def test_numpy_form_equals_the_folded_and_keras_towers(layers, normalize, tmp_path):
-    tower, m, r = _tower(layers, normalize)
+    tower, m, r = sharpened_tower(layers, normalize)
     expected = tower((m, r)).numpy()
     folded = FoldedHistoryTower(tower)
     np_tower = NumpyHistoryTower({**folded.arrays(), "movie_ids": IDS})
@@ -59,7 +45,7 @@ def test_numpy_form_equals_the_folded_and_keras_towers(layers, normalize, tmp_pa
 
 
 def test_exported_forms_agree_on_raw_ids_and_unknown_ids_are_padding(tmp_path):
-    tower, m, r = _tower((16,), True)
+    tower, m, r = sharpened_tower((16,), True)
     save_user_tower(str(tmp_path), tower, kind="history", ids=IDS,
                     info={"history_length": 7, "embedding_dim": 4})
     assert os.path.isfile(tmp_path / SERVING_ARRAYS)
@@ -90,7 +76,7 @@ def test_exported_forms_agree_on_raw_ids_and_unknown_ids_are_padding(tmp_path):
 
 
 def test_a_run_without_the_arrays_falls_back_to_the_saved_model(tmp_path):
-    tower, m, r = _tower((), True)
+    tower, m, r = sharpened_tower((), True)
     save_user_tower(str(tmp_path), tower, kind="history", ids=IDS,
                     info={"history_length": 7, "embedding_dim": 4})
     os.remove(tmp_path / SERVING_ARRAYS)  # as exported by an earlier version
@@ -105,7 +91,7 @@ def test_a_run_without_the_arrays_falls_back_to_the_saved_model(tmp_path):
 def test_arrays_from_another_version_are_refused_clearly():
     with pytest.raises(ValueError, match="re-export the model"):
         NumpyHistoryTower({"x_table": np.zeros((3, 2))})
-    tower, _, _ = _tower((), True)
+    tower, _, _ = sharpened_tower((), True)
     arrays = FoldedHistoryTower(tower).arrays()
     with pytest.raises(ValueError, match="30 movies but 5 ids"):
         NumpyHistoryTower({**arrays, "movie_ids": IDS[:5]})
@@ -114,7 +100,7 @@ def test_arrays_from_another_version_are_refused_clearly():
 def test_scoring_loads_tower_and_searcher_without_importing_tensorflow(tmp_path):
     """What a Spark Python worker does: load the exported tower and the ScaNN searcher,
     embed and search, in a fresh interpreter; TensorFlow must never be imported."""
-    tower, m, r = _tower((16,), True)
+    tower, m, r = sharpened_tower((16,), True)
     save_user_tower(str(tmp_path / "model"), tower, kind="history", ids=IDS,
                     info={"history_length": 7, "embedding_dim": 4})
     emb = np.random.default_rng(0).normal(size=(IDS.size, 4)).astype(np.float32)
