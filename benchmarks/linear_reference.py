@@ -6,8 +6,9 @@ of §5's user tower (attention, rating feature, window of L ratings) or movie to
 (content features) is in the way?
 
 * User tower: the L2-normalized binary bag of *every* input rating, times an id
-  embedding table, times a square matrix. Movie tower: a free id embedding. Cosine
-  scores divided by a temperature, plus an optional learned per-movie bias.
+  embedding table, times a square matrix (``--interests K``: K matrices, K user
+  vectors). Movie tower: a free id embedding. Cosine scores divided by a temperature,
+  plus an optional learned per-movie bias.
 * Training (Liang et al. 2018, Mult-DAE): each epoch every training user is one row;
   half of the row's ratings are dropped from the input at random, and the row must
   score each of its positives (ratings >= 4, up to --targets-per-row sampled) above the
@@ -66,14 +67,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rating-bag", action="store_true",
                    help="add a second bag: each input's user-mean-centred rating times a "
                         "second movie embedding (the rating feature of DESIGN §5, linearly)")
+    p.add_argument("--interests", type=int, default=1,
+                   help="user vectors per user, each its own square matrix over the bag; a "
+                        "movie's score is the log-mean-exp of its K scores (a soft maximum, "
+                        "as multi-interest retrieval; 1 = the plain linear tower)")
+    p.add_argument("--gramian", type=float, default=0.0,
+                   help="weight of a penalty on each row's mean squared score (cosine) "
+                        "against every movie, as iALS's unobserved term (Krichene et al. "
+                        "2019's Gramian regulariser); 0 = off")
     p.add_argument("--random-split", action="store_true",
                    help="also train a second model on the random split's 80%% and report "
                         "its top-10 / top-100 accuracy (as jobs/evaluate.py retrains)")
     args = p.parse_args(argv)
     if not 0.0 <= args.dropout < 1.0:
         p.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.every < 1 or args.epochs < 1:
-        p.error("--epochs and --every must be >= 1")
+    if args.every < 1 or args.epochs < 1 or args.interests < 1:
+        p.error("--epochs, --every and --interests must be >= 1")
+    if args.gramian < 0:
+        p.error(f"--gramian must be >= 0, got {args.gramian}")
     return args
 
 
@@ -108,7 +119,11 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
     log_q = tf.constant(np.log(counts / counts.sum()).astype(np.float32))
     init = tf.random_normal_initializer(stddev=0.05)
     e_in, e_out = tf.Variable(init([n, args.dim])), tf.Variable(init([n, args.dim]))
-    w = tf.Variable(tf.eye(args.dim))
+    interests = args.interests
+    w = tf.eye(args.dim)[None]  # [K, dim, dim]; K > 1: perturbed so the K vectors differ
+    if interests > 1:
+        w += tf.random.normal([interests, args.dim, args.dim], stddev=0.1)
+    w = tf.Variable(w)
     bias = tf.Variable(tf.zeros([n]))
     variables = [e_in, w, e_out] + ([bias] if args.movie_bias else [])
     if args.rating_bag:
@@ -121,10 +136,21 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
         """r: the centred-rating bag (--rating-bag), else None."""
         scale = tf.maximum(tf.norm(x, axis=1, keepdims=True), 1e-12)
         bag = x @ e_in if r is None else x @ e_in + r @ e_rating
-        return tf.math.l2_normalize(bag / scale @ w, axis=1)
+        return tf.math.l2_normalize(tf.einsum("bd,kde->bke", bag / scale, w), axis=2)
+
+    def combine(s):
+        """[B, K, N] scores of each user vector -> [B, N] (log-mean-exp over the K)."""
+        if interests == 1:
+            return s[:, 0]
+        return tf.reduce_logsumexp(s, axis=1) - float(np.log(interests))
+
+    def catalog_scores(u):
+        """[B, N] every movie's score before the movie bias."""
+        v = tf.math.l2_normalize(e_out, axis=1)
+        return combine(tf.einsum("bkd,nd->bkn", u, v) / args.temperature)
 
     def catalog_logits(u):
-        s = u @ tf.transpose(tf.math.l2_normalize(e_out, axis=1)) / args.temperature
+        s = catalog_scores(u)
         return s + bias if args.movie_bias else s
 
     @tf.function
@@ -144,7 +170,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
                 row = tf.boolean_mask(tf.repeat(tf.range(tf.shape(x)[0])[:, None], k, 1), ok)
                 col = tf.boolean_mask(col, ok)
                 v = tf.math.l2_normalize(tf.gather(e_out, col), axis=1)
-                s = tf.gather(u, row) @ tf.transpose(v) / args.temperature
+                s = combine(tf.einsum("bkd,nd->bkn", tf.gather(u, row), v) / args.temperature)
                 if args.movie_bias:
                     s += tf.gather(bias, col)[None, :]
                 s -= tf.gather(log_q, col)[None, :]  # log-Q correction
@@ -152,6 +178,9 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
                 s = tf.where(hit, -1e9, s)  # accidental hits
                 loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                     tf.range(tf.size(col)), s)) / rows
+            if args.gramian:  # every movie's score pushed towards 0, as iALS's unobserved term
+                cosine = catalog_scores(u) * args.temperature
+                loss += args.gramian * tf.reduce_sum(tf.reduce_mean(tf.square(cosine), 1)) / rows
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
     class Scorer:
