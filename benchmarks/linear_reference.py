@@ -144,13 +144,14 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
             return s[:, 0]
         return tf.reduce_logsumexp(s, axis=1) - float(np.log(interests))
 
-    def catalog_scores(u):
-        """[B, N] every movie's score before the movie bias."""
-        v = tf.math.l2_normalize(e_out, axis=1)
+    def scores(u, v):
+        """User vectors [B, K, D] x movie vectors [N, D] -> [B, N], before the movie bias."""
         return combine(tf.einsum("bkd,nd->bkn", u, v) / args.temperature)
 
-    def catalog_logits(u):
-        s = catalog_scores(u)
+    def catalog_scores(u):
+        return scores(u, tf.math.l2_normalize(e_out, axis=1))
+
+    def with_bias(s):
         return s + bias if args.movie_bias else s
 
     @tf.function
@@ -161,8 +162,9 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
             if args.targets == "hidden":  # only what the row's input hides, as held_out_set
                 pos = pos * (1.0 - keep)
             rows = tf.cast(tf.shape(x)[0], tf.float32)
+            full = catalog_scores(u) if args.loss == "catalog" or args.gramian else None
             if args.loss == "catalog":
-                loss = -tf.reduce_sum(tf.nn.log_softmax(catalog_logits(u)) * pos) / rows
+                loss = -tf.reduce_sum(tf.nn.log_softmax(with_bias(full)) * pos) / rows
             else:
                 draw = tf.where(pos > 0, tf.random.uniform(tf.shape(pos)), -1.0)
                 value, col = tf.math.top_k(draw, k)  # up to k random positives per row
@@ -170,7 +172,7 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
                 row = tf.boolean_mask(tf.repeat(tf.range(tf.shape(x)[0])[:, None], k, 1), ok)
                 col = tf.boolean_mask(col, ok)
                 v = tf.math.l2_normalize(tf.gather(e_out, col), axis=1)
-                s = combine(tf.einsum("bkd,nd->bkn", tf.gather(u, row), v) / args.temperature)
+                s = scores(tf.gather(u, row), v)
                 if args.movie_bias:
                     s += tf.gather(bias, col)[None, :]
                 s -= tf.gather(log_q, col)[None, :]  # log-Q correction
@@ -179,14 +181,14 @@ def fit_and_check(args: argparse.Namespace, fit, checks, n: int, t0: float) -> d
                 loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                     tf.range(tf.size(col)), s)) / rows
             if args.gramian:  # every movie's score pushed towards 0, as iALS's unobserved term
-                cosine = catalog_scores(u) * args.temperature
+                cosine = full * args.temperature
                 loss += args.gramian * tf.reduce_sum(tf.reduce_mean(tf.square(cosine), 1)) / rows
         opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
     class Scorer:
         def scores(self, query: Interactions, rows: slice) -> np.ndarray:
             r = centred(query, rows) if args.rating_bag else None
-            return catalog_logits(users(_binary(query, n, rows), r)).numpy()
+            return with_bias(catalog_scores(users(_binary(query, n, rows), r))).numpy()
 
     best, done = None, []
     for epoch in range(1, args.epochs + 1):
