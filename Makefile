@@ -18,7 +18,7 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory $(DRI
 RELEASE ?= ml-25m
 
 .PHONY: help check-java venv test run preprocess train index score evaluate corpus download bench-preprocess \
-        bench-train bench-train-quality bench-tradeoff bench-score bench-worker clean
+        bench-train bench-train-quality bench-tradeoff bench-splits bench-score bench-worker clean
 
 help:
 	@echo "make run               set up, then run the nightly pipeline on data/ml-latest-small"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-train       time training on the full-scale corpus"
 	@echo "make bench-train-quality  two-tower vs MF vs most-popular on ml-latest-small"
 	@echo "make bench-tradeoff    the popularity each model needs on the random split, and its cost"
+	@echo "make bench-splits      two-tower vs ALS, EASE, most-popular over five splits of ml-latest-small"
 	@echo "make bench-score       time score_all_users on the full-scale corpus, next to ALS"
 	@echo "make bench-worker BENCH_ROOT=dir  one scoring worker's Python work, phase by phase"
 	@echo "make clean             remove artifacts and the virtual environment"
@@ -93,6 +94,9 @@ bench-train-quality: check-java venv
 
 bench-tradeoff: check-java venv
 	$(PY) benchmarks/popularity_tradeoff.py
+
+bench-splits: check-java venv
+	$(PY) benchmarks/split_seeds.py
 
 bench-score: check-java venv corpus
 	$(PY) benchmarks/bench_score.py --input $(SYNTHETIC) --driver-memory $(DRIVER_MEMORY) \

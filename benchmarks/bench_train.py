@@ -38,12 +38,16 @@ from pathlib import Path
 from measure import REPO, has_run, job_env, machine, run_measured, spark_submit_cmd
 
 
-def ensure_preprocessed(root: str, source: str, driver_memory: str) -> None:
-    """Preprocess ``source`` into ``root`` unless it already holds a preprocess run."""
+def ensure_preprocessed(root: str, source: str, driver_memory: str,
+                        overrides: tuple[str, ...] = ()) -> None:
+    """Preprocess ``source`` into ``root`` (with ``--set`` ``overrides``, e.g. another
+    ``split.seed``) unless it already holds a preprocess run."""
     if has_run(root, "preprocess"):
         return
     cmd = [*spark_submit_cmd(sys.executable, driver_memory), str(REPO / "jobs/preprocess.py"),
            "--input", source, "--artifact-root", root]
+    for override in overrides:
+        cmd += ["--set", override]
     measured = run_measured(cmd, job_env(sys.executable))
     if measured.returncode != 0:
         raise SystemExit(f"preprocess failed with exit code {measured.returncode}")

@@ -88,17 +88,55 @@ def parse_models(text: str) -> list[str]:
     return models
 
 
+def protocol_scorers(config, preprocess_dir: str, corpus, protocols, models: list[str],  # noqa: ANN001
+                     work: str, spark) -> dict[str, dict[str, object]]:  # noqa: ANN001
+    """``scorers[model][protocol name]``: each of ``models`` as ``jobs/evaluate.py`` scores
+    it on each protocol: the two-tower model trained on ``config`` (and retrained on the
+    random split's 80%), ALS tuned by the evaluation's grid on the validation users and
+    folded in (``spark`` needed), EASE fitted on each protocol's fit."""
+    from recsys.evaluation.evaluate import _retrain, als_scorer, ease_scorer, tune_als
+    from recsys.evaluation.models import TwoTower
+    from recsys.model.train import run_train
+
+    scorers: dict[str, dict[str, object]] = {m: {} for m in models}
+    if "two-tower" in models:
+        print("training the two-tower model (and again on the random split's 80%)", flush=True)
+        shipped = TwoTower(run_train(config).run_dir, corpus.movie_ids, str(Path(work) / "tt"))
+        for p in protocols:
+            scorers["two-tower"][p.name] = _retrain(config, preprocess_dir, corpus, p, work) \
+                if p.name == "random split" else shipped
+    if "ALS" in models:
+        print("tuning ALS on the validation users (the evaluation's grid)", flush=True)
+        tuned, _ = tune_als(spark, corpus, config)
+        for p in protocols:
+            scorers["ALS"][p.name] = als_scorer(spark, tuned, p, corpus.movie_ids)
+    if "EASE" in models:
+        for p in protocols:
+            ease = ease_scorer(p, corpus.n_movies, config.evaluate)
+            if ease is None:
+                raise SystemExit(f"EASE is off for {corpus.n_movies} movies (over "
+                                 "evaluate.ease_max_movies); leave it out of --models")
+            scorers["EASE"][p.name] = ease
+    return scorers
+
+
+def all_protocols(corpus, seed: int) -> list:  # noqa: ANN001
+    """The four protocols the headline figures come from, in :data:`HEADLINE`'s order."""
+    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, random_split,
+                                             temporal)
+
+    return [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
+            temporal(corpus), random_split(corpus, seed=seed)]
+
+
 def tradeoff(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     import recsys  # noqa: F401  (TensorFlow's environment first)
     from recsys import artifacts
     from recsys.config import load_config
-    from recsys.evaluation.evaluate import (_retrain, als_scorer, ease_scorer, most_rated,
-                                            protocol_metrics, rank, tune_als)
-    from recsys.evaluation.models import MostPopular, TwoTower
-    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
-                                             random_split, temporal)
-    from recsys.model.train import run_train
+    from recsys.evaluation.evaluate import most_rated, protocol_metrics, rank
+    from recsys.evaluation.models import MostPopular
+    from recsys.evaluation.protocols import load_corpus
     from recsys.spark import build_session
 
     betas, models = parse_betas(args.betas), parse_models(args.models)
@@ -107,34 +145,15 @@ def tradeoff(args: argparse.Namespace) -> dict:
     config = load_config(REPO / "conf/default.toml", [f"artifact_root={root}", *args.overrides])
     preprocess_dir = artifacts.resolve(config.artifact_root, "preprocess", None)
     corpus = load_corpus(preprocess_dir)
-    protocols = [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
-                 temporal(corpus), random_split(corpus, seed=config.split.seed)]
+    protocols = all_protocols(corpus, config.split.seed)
     # (fit counts, the 1% most-rated movies) per protocol: the prior and popular-share
     popularity = {p.name: most_rated(p, corpus.n_movies) for p in protocols}
     work = tempfile.mkdtemp(prefix="bench-tradeoff-work-")
     started = time.perf_counter()
-    # scorers[model][protocol name]: the model as the evaluation scores it on that protocol
-    scorers: dict[str, dict[str, object]] = {m: {} for m in models}
-    if "two-tower" in models:
-        print("training the two-tower model (and again on the random split's 80%)", flush=True)
-        shipped = TwoTower(run_train(config).run_dir, corpus.movie_ids, str(Path(work) / "tt"))
-        for p in protocols:
-            scorers["two-tower"][p.name] = _retrain(config, preprocess_dir, corpus, p, work) \
-                if p.name == "random split" else shipped
     spark = build_session("popularity-tradeoff", config.spark) if "ALS" in models else None
     try:
-        if spark is not None:
-            print("tuning ALS on the validation users (the evaluation's grid)", flush=True)
-            tuned, _ = tune_als(spark, corpus, config)
-            for p in protocols:
-                scorers["ALS"][p.name] = als_scorer(spark, tuned, p, corpus.movie_ids)
-        if "EASE" in models:
-            for p in protocols:
-                ease = ease_scorer(p, corpus.n_movies, config.evaluate)
-                if ease is None:
-                    raise SystemExit(f"EASE is off for {corpus.n_movies} movies (over "
-                                     "evaluate.ease_max_movies); leave it out of --models")
-                scorers["EASE"][p.name] = ease
+        scorers = protocol_scorers(config, preprocess_dir, corpus, protocols, models, work,
+                                   spark)
         rows = []
         for model in models:
             for beta in betas:
