@@ -132,22 +132,31 @@ def quality_small(args: argparse.Namespace) -> dict:
             "results": table}
 
 
+def headline_protocols(corpus, seed: int) -> list:  # noqa: ANN001
+    """The protocols every quality benchmark reports (DESIGN §6), in this order: the
+    validation and the test held-out users, the temporal next-item protocol and the
+    random split cut with ``seed``."""
+    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, random_split,
+                                             temporal)
+
+    return [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
+            temporal(corpus), random_split(corpus, seed=seed)]
+
+
 def all_protocols(config, train_dir: str) -> dict[str, dict[str, float]]:  # noqa: ANN001
     """The two-tower model of ``train_dir`` on every protocol, scored as jobs/evaluate.py
     scores it (the random split retrains it on the 80%)."""
     from recsys import artifacts
     from recsys.evaluation.evaluate import _retrain, most_rated, protocol_metrics, rank
     from recsys.evaluation.models import TwoTower
-    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
-                                             random_split, temporal)
+    from recsys.evaluation.protocols import load_corpus
 
     preprocess_dir = artifacts.resolve(config.artifact_root, "preprocess", None)
     corpus = load_corpus(preprocess_dir)
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench-quality-eval-") as work:
         model = TwoTower(train_dir, corpus.movie_ids, str(Path(work) / "model"))
-        for protocol in (held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
-                         temporal(corpus), random_split(corpus, seed=config.split.seed)):
+        for protocol in headline_protocols(corpus, config.split.seed):
             scorer = _retrain(config, preprocess_dir, corpus, protocol, work) \
                 if protocol.name == "random split" else model
             _, popular = most_rated(protocol, corpus.n_movies)

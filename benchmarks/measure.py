@@ -4,6 +4,7 @@ whole process tree (every 0.2 s), and describe the machine."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -59,6 +60,16 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
     done.set()
     sampler.join()
     return Measured(rc, round(wall, 1), round(peak / 2**30, 2))
+
+
+def write_result(result: dict, out: str | None, name: str) -> Path:
+    """Write ``result`` as JSON to ``out``, or to ``bench-results/<name>`` when ``out`` is
+    None, and say where."""
+    path = Path(out or REPO / "bench-results" / name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def has_run(root: str, stage: str) -> bool:

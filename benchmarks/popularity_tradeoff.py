@@ -26,7 +26,6 @@ missing). Prints one row per model and beta and writes the table as JSON
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_train import ensure_preprocessed
-from measure import REPO, machine
+from bench_train import ensure_preprocessed, headline_protocols
+from measure import REPO, machine, write_result
 
 MODELS = ("two-tower", "ALS", "EASE")
 #: protocol -> (short label, the metric printed for it)
@@ -120,15 +119,6 @@ def protocol_scorers(config, preprocess_dir: str, corpus, protocols, models: lis
     return scorers
 
 
-def all_protocols(corpus, seed: int) -> list:  # noqa: ANN001
-    """The four protocols the headline figures come from, in :data:`HEADLINE`'s order."""
-    from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, random_split,
-                                             temporal)
-
-    return [held_out_users(corpus, VALIDATION), held_out_users(corpus, TEST),
-            temporal(corpus), random_split(corpus, seed=seed)]
-
-
 def tradeoff(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     import recsys  # noqa: F401  (TensorFlow's environment first)
@@ -145,7 +135,7 @@ def tradeoff(args: argparse.Namespace) -> dict:
     config = load_config(REPO / "conf/default.toml", [f"artifact_root={root}", *args.overrides])
     preprocess_dir = artifacts.resolve(config.artifact_root, "preprocess", None)
     corpus = load_corpus(preprocess_dir)
-    protocols = all_protocols(corpus, config.split.seed)
+    protocols = headline_protocols(corpus, config.split.seed)
     # (fit counts, the 1% most-rated movies) per protocol: the prior and popular-share
     popularity = {p.name: most_rated(p, corpus.n_movies) for p in protocols}
     work = tempfile.mkdtemp(prefix="bench-tradeoff-work-")
@@ -193,11 +183,7 @@ def main() -> int:
                    help="configuration override (two-tower training, split, ALS grid)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    result = tradeoff(args)
-    out = Path(args.out or REPO / "bench-results" / "popularity_tradeoff.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(tradeoff(args), args.out, "popularity_tradeoff.json")
     return 0
 
 

@@ -23,7 +23,6 @@ About 4–6 minutes a seed on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_train import ensure_preprocessed
-from measure import REPO, machine
-from popularity_tradeoff import HEADLINE, _line, all_protocols, parse_models, protocol_scorers
+from bench_train import ensure_preprocessed, headline_protocols
+from measure import REPO, machine, write_result
+from popularity_tradeoff import HEADLINE, _line, parse_models, protocol_scorers
 
 MOST_POPULAR = "most-popular"
 
@@ -63,7 +62,7 @@ def one_split(seed: int, args: argparse.Namespace, models: list[str], spark) -> 
                          [f"artifact_root={root}", split, *args.overrides])
     preprocess_dir = artifacts.resolve(config.artifact_root, "preprocess", None)
     corpus = load_corpus(preprocess_dir)
-    protocols = all_protocols(corpus, config.split.seed)
+    protocols = headline_protocols(corpus, config.split.seed)
     with tempfile.TemporaryDirectory(prefix=f"bench-splits-{seed}-") as work:
         scorers = protocol_scorers(config, preprocess_dir, corpus, protocols, models, work,
                                    spark)
@@ -171,11 +170,7 @@ def main() -> int:
     args = p.parse_args()
     if any(o.split("=", 1)[0].strip() == "split.seed" for o in args.overrides):
         raise SystemExit("--set split.seed=... clashes with --seeds; list the seeds there")
-    result = run(args)
-    out = Path(args.out or REPO / "bench-results" / "split_seeds.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(run(args), args.out, "split_seeds.json")
     return 0
 
 
