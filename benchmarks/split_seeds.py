@@ -69,13 +69,14 @@ def one_split(seed: int, args: argparse.Namespace, models: list[str], spark) -> 
                                    spark)
         scorers[MOST_POPULAR] = {p.name: MostPopular(p.fit, corpus.n_movies)
                                  for p in protocols}
+        # the 1% most-rated movies of each protocol's fit (popular-share), once a protocol
+        popular = {p.name: most_rated(p, corpus.n_movies)[1] for p in protocols}
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         for model, by_protocol in scorers.items():
             metrics[model] = {}
             for p in protocols:
-                _, popular = most_rated(p, corpus.n_movies)
                 metrics[model][p.name] = protocol_metrics(
-                    p, rank(by_protocol[p.name], p, corpus.n_movies), popular,
+                    p, rank(by_protocol[p.name], p, corpus.n_movies), popular[p.name],
                     corpus.n_movies)
             print(_line(f"seed {seed} {model}", metrics[model]), flush=True)
     users = {p.name: int(p.truth[0].size - 1) for p in protocols}
