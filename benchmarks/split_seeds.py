@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> dict:
     seeds, models = parse_seeds(args.seeds), parse_models(args.models)
     args.work_root = args.work_root or tempfile.mkdtemp(prefix="bench-splits-")
     started = time.perf_counter()
-    spark = build_session("split-seeds", load_config(REPO / "conf/default.toml", []).spark) \
-        if "ALS" in models else None
+    spark_config = load_config(REPO / "conf/default.toml", args.overrides).spark
+    spark = build_session("split-seeds", spark_config) if "ALS" in models else None
     splits = []
     try:
         for i, seed in enumerate(seeds, 1):
@@ -166,8 +166,8 @@ def main() -> int:
                    help="comma-separated subset of two-tower, ALS, EASE (most-popular is "
                         "always scored)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="configuration override (two-tower training, ALS grid; not "
-                        "split.seed, which --seeds sets)")
+                   help="configuration override (two-tower training, ALS grid, Spark "
+                        "session; not split.seed, which --seeds sets)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if any(o.split("=", 1)[0].strip() == "split.seed" for o in args.overrides):
