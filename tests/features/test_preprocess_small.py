@@ -62,6 +62,11 @@ def test_movie_table_content(spark, small_run):
     assert movies.where("size(tags) > 0").count() > 1000
     no_genre = movies.where("size(genres) = 0").count()
     assert no_genre == 34  # "(no genres listed)" becomes an empty list
+    # one file, in movie id order
+    movie_dir = io.join(result.run_dir, "movies")
+    assert len(io.parquet_parts(movie_dir)) == 1
+    ids = io.read_parquet(movie_dir, columns=["movie_id"]).column(0).to_pylist()
+    assert ids == sorted(ids) and len(ids) == 9_742
 
 
 def test_vocabularies(spark, small_run):
