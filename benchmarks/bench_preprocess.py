@@ -13,9 +13,8 @@ import argparse
 import json
 import sys
 import tempfile
-from pathlib import Path
 
-from measure import REPO, job_env, machine, run_measured, spark_submit_cmd
+from measure import REPO, job_env, machine, run_measured, spark_submit_cmd, write_result
 
 
 def main() -> int:
@@ -23,7 +22,7 @@ def main() -> int:
     p.add_argument("--input", required=True)
     p.add_argument("--artifact-root", default=None, help="default: a temporary directory")
     p.add_argument("--driver-memory", default="6g")
-    p.add_argument("--out", default=str(REPO / "bench-results" / "preprocess.json"))
+    p.add_argument("--out", default=None, help="default: bench-results/preprocess.json")
     args = p.parse_args()
 
     root = args.artifact_root or tempfile.mkdtemp(prefix="bench-preprocess-")
@@ -51,9 +50,8 @@ def main() -> int:
         "goal": {"wall_s": 120, "peak_rss_gib": 8},
     }
     result["meets_goal"] = result["wall_s"] <= 120 and result["peak_rss_gib"] <= 8
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    write_result(result, args.out, "preprocess.json")
     return 0
 
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import REPO, has_run, job_env, machine, run_measured, spark_submit_cmd
+from measure import REPO, has_run, job_env, machine, run_measured, spark_submit_cmd, write_result
 
 
 def ensure_preprocessed(root: str, source: str, driver_memory: str,
@@ -183,11 +183,8 @@ def main() -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     result = quality_small(args) if args.quality_small else full_scale(args)
-    out = Path(args.out or REPO / "bench-results" /
-               ("train_quality.json" if args.quality_small else "train.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    write_result(result, args.out, "train_quality.json" if args.quality_small else "train.json")
     return 0
 
 
