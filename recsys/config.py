@@ -3,7 +3,11 @@
 Precedence, lowest first: the dataclass defaults, the TOML file (``--conf-file``), then
 ``--set section.key=value`` overrides on the command line. Unknown sections or keys and
 values of the wrong type are errors that name the offending key, so a typo in a cron
-config fails the run instead of being ignored.
+config fails the run instead of being ignored. So are values out of their range (a
+non-positive batch size, an empty ALS grid, a fraction above 1, an unknown objective):
+each section checks its own keys when it is built, and :class:`Config` the keys that
+depend on each other, so a bad value stops a job before it reads any data (exit code 2)
+instead of failing deep inside Spark or TensorFlow, or an hour into the nightly.
 
 The resolved configuration is written next to every artifact (``config.toml``) with
 :func:`dump_toml`.
@@ -12,7 +16,10 @@ The resolved configuration is written next to every artifact (``config.toml``) w
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +29,71 @@ from typing import Any, Mapping, Sequence
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+class _Check:
+    """Range checks of one section's values; each failure names ``section.key``."""
+
+    def __init__(self, section: str, values: Any) -> None:
+        self.section, self.values = section, values
+
+    def fail(self, key: str, rule: str) -> None:
+        raise ConfigError(f"{self.section}.{key} must be {rule}, got "
+                          f"{getattr(self.values, key)!r}")
+
+    def at_least(self, minimum: float, *keys: str) -> "_Check":
+        for key in keys:
+            value = getattr(self.values, key)
+            items = value if isinstance(value, tuple) else (value,)
+            if not all(v >= minimum for v in items):  # also refuses NaN
+                self.fail(key, f">= {minimum}" + (" (every item)" if items is value else ""))
+        return self
+
+    def positive(self, *keys: str) -> "_Check":
+        for key in keys:
+            value = getattr(self.values, key)
+            if not (value > 0 and math.isfinite(value)):
+                self.fail(key, "a finite number > 0")
+        return self
+
+    def within(self, key: str, low: float, high: float, *, open_low: bool = False,
+               open_high: bool = False) -> "_Check":
+        value = getattr(self.values, key)
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        if not (above and below):
+            self.fail(key, f"in {'(' if open_low else '['}{low:g}, {high:g}"
+                            f"{')' if open_high else ']'}")
+        return self
+
+    def one_of(self, key: str, choices: Sequence[str], *, fold_case: bool = False) -> "_Check":
+        value = getattr(self.values, key)
+        if (value.upper() if fold_case else value) not in choices:
+            self.fail(key, f"one of {', '.join(repr(c) for c in choices)}")
+        return self
+
+    def not_empty(self, *keys: str) -> "_Check":
+        for key in keys:
+            if not getattr(self.values, key):
+                self.fail(key, "a non-empty list")
+        return self
+
+    def identifier(self, *keys: str) -> "_Check":
+        for key in keys:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(self.values, key)):
+                self.fail(key, "a SQL identifier (letters, digits and _, not starting "
+                                "with a digit)")
+        return self
+
+
+#: What ``train.objective`` may be (README "The model", training objectives).
+OBJECTIVES = ("next_item", "held_out_set")
+#: What ``model.kind`` may be.
+MODEL_KINDS = ("history", "mf")
+#: Validation metrics ``train.select_metric`` may name (computed after every epoch).
+SELECT_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@100")
+#: Spark's log levels (``spark.log_level``, any case).
+SPARK_LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
 
 @dataclass(frozen=True)
@@ -34,6 +106,18 @@ class DataConfig:
     encoding: str = "auto"
     #: The run fails when rejected ratings exceed this fraction of the ratings read.
     max_reject_fraction: float = 0.001
+
+    def __post_init__(self) -> None:
+        from recsys.data.layouts import LAYOUTS  # no Spark, numpy or TensorFlow behind it
+
+        check = _Check("data", self).one_of("layout", ("auto", *LAYOUTS))
+        check.within("max_reject_fraction", 0.0, 1.0)
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                check.fail("encoding", "'auto' or an encoding name such as 'UTF-8' or "
+                                        "'ISO-8859-1'")
 
 
 @dataclass(frozen=True)
@@ -50,6 +134,18 @@ class SplitConfig:
     #: Share of a held-out user's positives to be predicted (the rest is the input).
     holdout_fraction: float = 0.2
 
+    def __post_init__(self) -> None:
+        check = _Check("split", self).within("positive_threshold", 0.5, 5.0).at_least(
+            1, "min_positives")
+        check.within("validation_users_fraction", 0.0, 1.0)
+        check.within("test_users_fraction", 0.0, 1.0)
+        check.within("holdout_fraction", 0.0, 1.0, open_low=True, open_high=True)
+        if self.validation_users_fraction + self.test_users_fraction > 1.0:
+            raise ConfigError(
+                "split.validation_users_fraction + split.test_users_fraction must be <= 1 "
+                "(shares of the users eligible to be held out), got "
+                f"{self.validation_users_fraction} + {self.test_users_fraction}")
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -57,6 +153,9 @@ class PreprocessConfig:
     max_tags_per_movie: int = 20
     #: Number of output files of the histories table.
     history_files: int = 8
+
+    def __post_init__(self) -> None:
+        _Check("preprocess", self).at_least(0, "max_tags_per_movie").at_least(1, "history_files")
 
 
 @dataclass(frozen=True)
@@ -89,6 +188,16 @@ class ModelConfig:
     #: L2-normalize tower outputs (dot product = cosine); the loss divides by temperature.
     normalize: bool = True
     temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        check = _Check("model", self).one_of("kind", MODEL_KINDS)
+        check.at_least(1, "embedding_dim", "history_length", "hidden_dim", "attention_heads",
+                       "title_vocab_size", "tower_layers")
+        check.at_least(0, "min_ratings_for_id", "title_tokens")
+        check.within("dropout", 0.0, 1.0, open_high=True).positive("temperature")
+        if self.hidden_dim % self.attention_heads:
+            raise ConfigError(f"model.hidden_dim ({self.hidden_dim}) must be a multiple of "
+                              f"model.attention_heads ({self.attention_heads})")
 
 
 @dataclass(frozen=True)
@@ -131,6 +240,24 @@ class TrainConfig:
     #: Write TensorBoard logs under <run>/tensorboard.
     tensorboard: bool = True
 
+    def __post_init__(self) -> None:
+        check = _Check("train", self).at_least(
+            1, "epochs", "batch_size", "examples_per_user", "targets_per_window",
+            "users_per_chunk", "eval_batch_size")
+        check.at_least(0, "patience").positive("learning_rate")
+        check.within("min_target_rating", 0.0, 5.0)
+        check.one_of("objective", OBJECTIVES).one_of("select_metric", SELECT_METRICS)
+        check.within("set_holdout_fraction", 0.0, 1.0, open_low=True, open_high=True)
+
+
+def check_model_and_train(model: ModelConfig, train: TrainConfig) -> None:
+    """The keys of ``[model]`` and ``[train]`` that must agree (checked by :class:`Config`
+    and by what trains from the two sections alone)."""
+    if train.objective == "held_out_set" and model.kind != "history":
+        raise ConfigError("train.objective = 'held_out_set' needs model.kind = 'history' "
+                          f"(got {model.kind!r}); for the mf model set "
+                          "train.objective=next_item")
+
 
 #: How the ScaNN searcher scores the movies of the leaves it searches (index.scoring).
 INDEX_SCORING = ("auto", "brute", "ah")
@@ -172,14 +299,12 @@ class IndexConfig:
     similar_movies: int = 20
 
     def __post_init__(self) -> None:
-        if self.scoring not in INDEX_SCORING:
-            raise ConfigError(f"index.scoring must be one of {INDEX_SCORING}, got "
-                              f"{self.scoring!r}")
-        if self.spill_lambda < 0:
-            raise ConfigError(f"index.spill_lambda must be >= 0 (0 = no spilling), got "
-                              f"{self.spill_lambda}")
-        if self.tree_builds < 1:
-            raise ConfigError(f"index.tree_builds must be >= 1, got {self.tree_builds}")
+        check = _Check("index", self).one_of("scoring", INDEX_SCORING).at_least(
+            1, "num_neighbors", "dims_per_block", "recall_sample_users", "similar_movies",
+            "tree_builds")
+        check.at_least(0, "leaves", "leaves_to_search", "reorder", "recall_margin",
+                       "spill_lambda")
+        check.within("recall_floor", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -200,6 +325,11 @@ class ScoreConfig:
     user_embeddings_table: str = "movielens_user_embeddings"
     similar_movies_table: str = "movielens_similar_movies"
 
+    def __post_init__(self) -> None:
+        _Check("score", self).at_least(1, "top_n", "batch_size", "max_scann_depth").identifier(
+            "database", "recommendations_table", "user_embeddings_table",
+            "similar_movies_table")
+
 
 @dataclass(frozen=True)
 class SparkConfig:
@@ -217,6 +347,10 @@ class SparkConfig:
     #: Directory of the embedded Derby metastore and the warehouse for local runs; ""
     #: uses the cluster's hive-site.xml instead.
     metastore_dir: str = "metastore"
+
+    def __post_init__(self) -> None:
+        _Check("spark", self).at_least(1, "shuffle_partitions").one_of(
+            "log_level", SPARK_LOG_LEVELS, fold_case=True)
 
 
 @dataclass(frozen=True)
@@ -242,6 +376,12 @@ class EvaluateConfig:
     ease_min_count: int = 2
     #: Retrain the two-tower model on the random split's 80% to score that protocol.
     random_split_two_tower: bool = True
+
+    def __post_init__(self) -> None:
+        check = _Check("evaluate", self).not_empty("als_ranks", "als_reg_params", "als_implicit")
+        check.at_least(1, "als_ranks", "als_max_iter", "ease_min_count")
+        check.at_least(0, "als_reg_params", "als_blocks", "als_alpha", "ease_max_movies")
+        check.positive("ease_l2")
 
 
 @dataclass(frozen=True)
@@ -271,6 +411,9 @@ class NightlyConfig:
     #: maps it. "" = none.
     class_archive: str = ""
 
+    def __post_init__(self) -> None:
+        _Check("nightly", self).at_least(0, "max_model_age_hours")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -286,6 +429,9 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
+
+    def __post_init__(self) -> None:
+        check_model_and_train(self.model, self.train)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

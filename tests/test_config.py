@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from recsys.config import Config, ConfigError, dump_toml, load_config
+from recsys.config import (SELECT_METRICS, Config, ConfigError, ModelConfig, TrainConfig,
+                           dump_toml, load_config)
+from recsys.evaluation.metrics import ranking_metrics
 
 REPO_CONF = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
 
@@ -53,6 +56,79 @@ def test_int_accepted_for_float():
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.batch_size=-4", "train.batch_size must be >= 1, got -4"),
+        ("train.learning_rate=0", "train.learning_rate must be a finite number > 0, got 0.0"),
+        ("train.learning_rate=nan", "train.learning_rate must be a finite number > 0"),
+        ("train.objective=cloze", "train.objective must be one of 'next_item', 'held_out_set'"),
+        ("train.select_metric=recall@7", "train.select_metric must be one of 'recall@10'"),
+        ("train.set_holdout_fraction=1", "train.set_holdout_fraction must be in (0, 1), got 1.0"),
+        ("train.min_target_rating=6", "train.min_target_rating must be in [0, 5]"),
+        ("model.kind=ncf", "model.kind must be one of 'history', 'mf', got 'ncf'"),
+        ("model.embedding_dim=0", "model.embedding_dim must be >= 1"),
+        ("model.history_length=0", "model.history_length must be >= 1"),
+        ("model.tower_layers=[64, 0]", "model.tower_layers must be >= 1 (every item), got (64, 0)"),
+        ("model.dropout=1", "model.dropout must be in [0, 1), got 1.0"),
+        ("model.dropout=nan", "model.dropout must be in [0, 1), got nan"),
+        ("model.temperature=-0.1", "model.temperature must be a finite number > 0"),
+        ("model.hidden_dim=10", "model.hidden_dim (10) must be a multiple of model.attention_heads (4)"),
+        ("split.holdout_fraction=0", "split.holdout_fraction must be in (0, 1), got 0.0"),
+        ("split.positive_threshold=5.5", "split.positive_threshold must be in [0.5, 5]"),
+        ("split.test_users_fraction=0.95", "split.validation_users_fraction + split.test_users_fraction must be <= 1"),
+        ("data.max_reject_fraction=1.5", "data.max_reject_fraction must be in [0, 1], got 1.5"),
+        ("data.layout=xml", "data.layout must be one of 'auto', 'csv', 'dat', 'dat-latin1', '100k'"),
+        ("data.encoding=klingon", "data.encoding must be 'auto' or an encoding name"),
+        ("preprocess.history_files=0", "preprocess.history_files must be >= 1"),
+        ("index.recall_floor=1.01", "index.recall_floor must be in [0, 1]"),
+        ("index.num_neighbors=0", "index.num_neighbors must be >= 1"),
+        ("score.top_n=0", "score.top_n must be >= 1, got 0"),
+        ("score.recommendations_table=recs-tonight", "score.recommendations_table must be a SQL identifier"),
+        ("spark.log_level=LOUD", "spark.log_level must be one of 'ALL'"),
+        ("spark.shuffle_partitions=0", "spark.shuffle_partitions must be >= 1"),
+        ("evaluate.als_ranks=[]", "evaluate.als_ranks must be a non-empty list, got ()"),
+        ("evaluate.als_reg_params=[-0.1]", "evaluate.als_reg_params must be >= 0 (every item)"),
+        ("evaluate.ease_l2=0", "evaluate.ease_l2 must be a finite number > 0"),
+        ("nightly.max_model_age_hours=-1", "nightly.max_model_age_hours must be >= 0, got -1.0"),
+    ],
+)
+def test_values_out_of_range_name_the_key_and_the_rule(override, message):
+    conf = REPO_CONF / "default.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_config(conf, [override, "model.attention_heads=4"]
+                    if override.startswith("model.hidden_dim") else [override])
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_values_at_the_edges_of_their_range_are_accepted():
+    cfg = load_config(REPO_CONF / "default.toml", [
+        "train.patience=0", "model.dropout=0", "model.min_ratings_for_id=0",
+        "model.tower_layers=[]", "split.validation_users_fraction=0", "data.max_reject_fraction=1",
+        "data.encoding=latin-1", "spark.log_level=info", "index.recall_floor=1",
+        "evaluate.ease_max_movies=0", "nightly.max_model_age_hours=0", "train.min_target_rating=0",
+    ])
+    assert (cfg.train.patience, cfg.model.tower_layers, cfg.spark.log_level) == (0, (), "info")
+
+
+def test_sections_that_must_agree_are_checked_together():
+    """The mf baseline cannot train default.toml's held-out-set objective; the same key on
+    its own (and with the objective it can train) is fine."""
+    with pytest.raises(ConfigError, match="needs model.kind = 'history'"):
+        load_config(REPO_CONF / "default.toml", ["model.kind=mf"])
+    cfg = load_config(REPO_CONF / "default.toml", ["model.kind=mf", "train.objective=next_item"])
+    assert cfg.model.kind == "mf"
+    with pytest.raises(ConfigError, match="needs model.kind = 'history'"):
+        Config().replace(model=ModelConfig(kind="mf"), train=TrainConfig(objective="held_out_set"))
+
+
+def test_every_select_metric_is_one_the_validation_computes():
+    ranked = np.array([[0, 1, 2]])
+    relevant = (np.array([0, 1]), np.array([2]))
+    assert set(SELECT_METRICS) <= set(ranking_metrics(ranked, relevant))
 
 
 def test_missing_or_invalid_file(tmp_path):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from recsys import artifacts, io
 from tests.conftest import MOVIES_CSV, ratings_csv, write_release
 
@@ -48,10 +50,22 @@ def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_config_exits_2(tmp_path, job_env):
+@pytest.mark.parametrize("job, override, message", [
+    ("preprocess", "data.nope=1", "unknown configuration key 'data.nope'"),
+    ("train", "train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("evaluate", "evaluate.als_ranks=[]", "evaluate.als_ranks must be a non-empty list"),
+    ("nightly", "model.kind=mf", "train.objective = 'held_out_set' needs model.kind = 'history'"),
+])
+def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, override, message):
+    """A bad value stops the job up front, with one line naming the key, not a traceback
+    from Keras an epoch in (or, for the nightly, from its train stage after preprocess)."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs/preprocess.py"), "--set", "data.nope=1"],
-        capture_output=True, text=True, timeout=120, env=job_env,
+        [sys.executable, str(REPO / f"jobs/{job}.py"), "--conf-file",
+         str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art"),
+         "--set", f"nightly.log_dir={tmp_path / 'logs'}", "--set", override],
+        capture_output=True, text=True, timeout=120, env=job_env, cwd=tmp_path,
     )
-    assert proc.returncode == 2
-    assert "unknown configuration key 'data.nope'" in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{job}: configuration error: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "art").exists() and not (tmp_path / "logs").exists()

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys import io
-from recsys.config import ModelConfig, TrainConfig
+from recsys.config import ModelConfig, TrainConfig, check_model_and_train
 from recsys.csr import ranges as _ranges
 from recsys.features.splits import ROLES
 from recsys.model.inputs import PAD, MovieCatalog, UserChunk, windows
@@ -49,7 +49,6 @@ from recsys.model.inputs import PAD, MovieCatalog, UserChunk, windows
 log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = (ROLES.index(r) for r in ("train", "validation", "test"))
-OBJECTIVES = ("next_item", "held_out_set")
 UNKNOWN_ROLE = -1
 
 
@@ -156,18 +155,7 @@ class ExampleStream:
 
     def __init__(self, histories_uri: str, catalog: MovieCatalog, splits: Splits, *,
                  model: ModelConfig, train: TrainConfig) -> None:
-        if model.kind not in ("history", "mf"):
-            raise ValueError(f"model.kind must be 'history' or 'mf', got {model.kind!r}")
-        if train.objective not in OBJECTIVES:
-            raise ValueError(f"train.objective must be one of {OBJECTIVES}, "
-                             f"got {train.objective!r}")
-        if train.objective == "held_out_set" and model.kind != "history":
-            raise ValueError("train.objective = 'held_out_set' needs model.kind = 'history' "
-                             f"(got {model.kind!r}); for the mf model set "
-                             "train.objective=next_item")
-        if not 0.0 < train.set_holdout_fraction < 1.0:
-            raise ValueError("train.set_holdout_fraction must be in (0, 1), got "
-                             f"{train.set_holdout_fraction}")
+        check_model_and_train(model, train)
         self.parts = io.parquet_parts(histories_uri)
         self.catalog = catalog
         self.splits = splits

@@ -83,11 +83,6 @@ class HistoryUserTower(keras.Model):
     def __init__(self, num_movies: int, config: ModelConfig,
                  movie_embedding: keras.layers.Embedding | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if config.hidden_dim % config.attention_heads:
-            raise ValueError(
-                f"model.hidden_dim ({config.hidden_dim}) must be a multiple of "
-                f"model.attention_heads ({config.attention_heads})"
-            )
         self.history_length = config.history_length
         self.normalize = config.normalize
         self.movie_embedding = movie_embedding or keras.layers.Embedding(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from recsys.config import ModelConfig, TrainConfig
@@ -53,11 +52,6 @@ def test_user_tower_is_causal_and_ignores_padding():
     # at_columns(last column) is the call itself
     last = tower.at_columns((movies, ratings), np.array([[5]], np.int32)).numpy()[:, 0]
     np.testing.assert_allclose(last, tower((movies, ratings)).numpy(), atol=1e-6)
-
-
-def test_user_tower_rejects_heads_that_do_not_divide_the_width():
-    with pytest.raises(ValueError, match="multiple of model.attention_heads"):
-        HistoryUserTower(5, ModelConfig(hidden_dim=10, attention_heads=3))
 
 
 def test_new_movie_is_embedded_from_content():
