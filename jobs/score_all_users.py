@@ -15,7 +15,7 @@ Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 1
 import sys
 
 import recsys  # noqa: F401  (sets the TensorFlow/Keras environment first)
-from recsys import cli
+from recsys import artifacts, cli
 from recsys.config import add_config_arguments, config_from_args
 
 
@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from recsys.spark import build_session
 
         config = config_from_args(args)
+        run_date = artifacts.run_date(args.run_date)  # a bad date stops here, before Spark
         spark = build_session("movielens-recs score_all_users", config.spark)
         try:
-            result = run_score(spark, config, run_id=args.run_id, run_date=args.run_date,
+            result = run_score(spark, config, run_id=args.run_id, run_date=run_date,
                                preprocess_run=args.preprocess_run, train_run=args.train_run,
                                index_run=args.index_run)
         finally:

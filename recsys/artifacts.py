@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any, Iterator
 
 from recsys import io
-from recsys.config import Config, dump_toml
+from recsys.config import Config, ConfigError, dump_toml
 from recsys.version import __version__
 
 SUCCESS = "_SUCCESS"
@@ -39,6 +39,20 @@ class ArtifactError(RuntimeError):
 def new_run_id(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_date(value: str | None = None) -> str:
+    """The night a run publishes (its tables' ``run_date`` partition): ``value`` checked
+    as a calendar date written ``YYYY-MM-DD``, or today's date (UTC) when None."""
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        day = None
+    if day is None or day.isoformat() != value:
+        raise ConfigError(f"--run-date must be a date written YYYY-MM-DD, got {value!r}")
+    return value
 
 
 def library_versions() -> dict[str, str]:

@@ -259,7 +259,7 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     """Run the pipeline once under the lock; never raises for a failed stage."""
     n = config.nightly
     run_id = run_id or artifacts.new_run_id()
-    run_date = run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    run_date = artifacts.run_date(run_date)
     root = io.normalize_uri(config.artifact_root)
     os.makedirs(n.log_dir, exist_ok=True)
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from recsys import artifacts, io
-from recsys.config import Config
+from recsys.config import Config, ConfigError
 
 
 def test_an_error_inside_a_run_is_recorded_and_propagates(tmp_path):
@@ -46,3 +46,11 @@ def test_commit_seals_the_run_and_moves_latest(tmp_path):
     outputs = {o["path"]: o["md5"] for o in sealed["outputs"]}
     assert outputs == {"data.txt": io.md5(io.join(run_dir, "data.txt")), "config.toml":
                        io.md5(io.join(run_dir, "config.toml"))}
+
+
+def test_a_run_date_is_a_calendar_day_written_yyyy_mm_dd():
+    assert artifacts.run_date("2026-02-28") == "2026-02-28"
+    assert len(artifacts.run_date()) == 10  # today, UTC
+    for bad in ("2026-02-30", "2026-2-28", "20260228", "2026-02-28T00:00", "tomorrow", ""):
+        with pytest.raises(ConfigError, match="--run-date must be a date written YYYY-MM-DD"):
+            artifacts.run_date(bad)

@@ -50,19 +50,23 @@ def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("job, override, message", [
-    ("preprocess", "data.nope=1", "unknown configuration key 'data.nope'"),
-    ("train", "train.epochs=0", "train.epochs must be >= 1, got 0"),
-    ("evaluate", "evaluate.als_ranks=[]", "evaluate.als_ranks must be a non-empty list"),
-    ("nightly", "model.kind=mf", "train.objective = 'held_out_set' needs model.kind = 'history'"),
+@pytest.mark.parametrize("job, bad, message", [
+    ("preprocess", ["--set", "data.nope=1"], "unknown configuration key 'data.nope'"),
+    ("train", ["--set", "train.epochs=0"], "train.epochs must be >= 1, got 0"),
+    ("evaluate", ["--set", "evaluate.als_ranks=[]"], "evaluate.als_ranks must be a non-empty list"),
+    ("nightly", ["--set", "model.kind=mf"],
+     "train.objective = 'held_out_set' needs model.kind = 'history'"),
+    ("nightly", ["--run-date", "2026-13-45"], "--run-date must be a date written YYYY-MM-DD"),
+    ("score_all_users", ["--run-date", "2026-12-3"], "--run-date must be a date written YYYY-MM-DD"),
 ])
-def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, override, message):
+def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad, message):
     """A bad value stops the job up front, with one line naming the key, not a traceback
-    from Keras an epoch in (or, for the nightly, from its train stage after preprocess)."""
+    from Keras an epoch in (or, for the nightly, from a stage after others have run: a
+    malformed run date used to fail only when the score stage registered the night)."""
     proc = subprocess.run(
         [sys.executable, str(REPO / f"jobs/{job}.py"), "--conf-file",
          str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art"),
-         "--set", f"nightly.log_dir={tmp_path / 'logs'}", "--set", override],
+         "--set", f"nightly.log_dir={tmp_path / 'logs'}", *bad],
         capture_output=True, text=True, timeout=120, env=job_env, cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -27,7 +27,6 @@ Published (each a ``run_date`` partition, see :mod:`recsys.publish.tables`):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import signal
@@ -266,7 +265,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
     root = config.artifact_root
     cfg = config.score
     run_id = run_id or artifacts.new_run_id()
-    run_date = run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    run_date = artifacts.run_date(run_date)
     run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest):
