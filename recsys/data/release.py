@@ -94,6 +94,12 @@ def open_release(
         directory = extract_zip(source_uri, work_uri)
     elif io.is_dir(source_uri):
         directory = source_uri
+    elif io.is_file(source_uri):
+        raise InputFileError(
+            f"input is a file, not a release: {source} (give the directory that holds the "
+            f"release's files, e.g. {posixpath.dirname(source.rstrip('/')) or '.'}, or the "
+            "release's .zip)"
+        )
     else:
         raise InputFileError(
             f"input not found: {source} (give a MovieLens release directory or its .zip)"

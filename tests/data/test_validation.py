@@ -160,3 +160,10 @@ def test_not_a_release(spark, tmp_path):
 def test_missing_input(spark, tmp_path):
     with pytest.raises(InputFileError, match="input not found"):
         run_preprocess(spark, make_config(tmp_path, tmp_path / "nowhere"))
+
+
+def test_a_file_of_the_release_as_input_says_to_give_its_directory(spark, tmp_path):
+    src = write_release(tmp_path / "release", {"ratings.csv": ratings_csv("1,1,4.0,10")})
+    with pytest.raises(InputFileError, match="input is a file, not a release: .*ratings.csv "
+                                             r"\(give the directory .*release, or"):
+        run_preprocess(spark, make_config(tmp_path, src / "ratings.csv"))
