@@ -165,24 +165,26 @@ def load_scoring_artifacts(train_dir: str, index_dir: str
                            ) -> tuple[UserTower, MovieSearcher, MovieSearcher]:
     """The user tower and both searchers, loaded once per Python process.
 
-    Read from the artifact URIs (copied to a local temporary directory when remote), so
-    executors never depend on the driver's local disk.
+    Read from the artifact URIs (copied to a local temporary directory when remote, which
+    is removed once they are in memory: a worker scores from memory, and a cluster's
+    executors would otherwise keep a copy of the model and index per worker per night),
+    so executors never depend on the driver's local disk.
     """
     key = (train_dir, index_dir)
     with _LOCK:
         if key not in _LOADED:
-            tmp = tempfile.mkdtemp(prefix="recsys-score-")
-            model_dir = os.path.join(tmp, "model")
             form = serving_form(train_dir)
             if form == "savedmodel":
                 _tensorflow_task_threads()
-            if io.is_local(train_dir):
-                model_dir = io.local_path(train_dir)
-            else:  # only what the loader will read (not the SavedModel beside the arrays)
-                for name in (MODEL_INFO, SERVING_ARRAYS if form == "numpy" else SAVED_MODEL):
-                    io.local_copy(io.join(train_dir, name), model_dir)
-            tower = load_user_tower(model_dir, form=form)
-            scann = MovieSearcher.load(io.local_copy(io.join(index_dir, "scann"), tmp))
-            exact = MovieSearcher.load(io.local_copy(io.join(index_dir, "exact"), tmp))
+            with tempfile.TemporaryDirectory(prefix="recsys-score-") as tmp:
+                model_dir = os.path.join(tmp, "model")
+                if io.is_local(train_dir):
+                    model_dir = io.local_path(train_dir)
+                else:  # only what the loader will read (not the SavedModel beside the arrays)
+                    for name in (MODEL_INFO, SERVING_ARRAYS if form == "numpy" else SAVED_MODEL):
+                        io.local_copy(io.join(train_dir, name), model_dir)
+                tower = load_user_tower(model_dir, form=form)
+                scann = MovieSearcher.load(io.local_copy(io.join(index_dir, "scann"), tmp))
+                exact = MovieSearcher.load(io.local_copy(io.join(index_dir, "exact"), tmp))
             _LOADED[key] = (tower, scann, exact)
         return _LOADED[key]

@@ -34,14 +34,16 @@ TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name
 
 
 def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
-          submit: tuple[str, ...] = ("--master", "local[2]")) -> subprocess.CompletedProcess:
+          submit: tuple[str, ...] = ("--master", "local[2]"),
+          tmpdir: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
            "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
            str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
            "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
            "--train-run", *TRAIN_RUN, *extra]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900,
-                          cwd=meta)
+    extra_env = {"TMPDIR": str(tmpdir)} if tmpdir else {}
+    return subprocess.run(cmd, env={**env(), **extra_env}, capture_output=True, text=True,
+                          timeout=900, cwd=meta)
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +148,16 @@ def test_published_embeddings_are_the_tower_on_whole_histories(scored):
         np.array([got[u] for u in table.column("user_id").to_pylist()]), want, atol=1e-5)
 
 
-def test_rerunning_a_night_replaces_only_that_night(scored):
+def test_rerunning_a_night_replaces_only_that_night(scored, tmp_path):
     root, meta, _ = scored
-    other = score(root, meta, run_date="2026-11-22")
+    # the Python driver and workers make their temporary files under TMPDIR: a night
+    # leaves none behind (each worker used to keep its empty, or on a cluster its copy of
+    # the model and index, per night)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    other = score(root, meta, run_date="2026-11-22", tmpdir=tmpdir)
     assert other.returncode == 0, other.stderr[-3000:]
+    assert sorted(p.name for p in tmpdir.iterdir()) == []
     again = score(root, meta)
     assert again.returncode == 0, again.stderr[-3000:]
     table = Path(root) / "tables" / "movielens_recommendations"
