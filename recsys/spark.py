@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import TYPE_CHECKING, Mapping
 
 from recsys.config import SparkConfig
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 _WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def hive_resources_dir(config: SparkConfig) -> str:
+    """One fixed directory for Hive's downloaded resources (``ADD JAR``/``ADD FILE``; the
+    jobs add none): under the embedded metastore, or per user in the temp directory when
+    the cluster's metastore is used."""
+    if config.metastore_dir:
+        return os.path.join(os.path.abspath(config.metastore_dir), "hive-resources")
+    return os.path.join(tempfile.gettempdir(), f"recsys-hive-resources-{os.getuid()}")
 
 
 def build_session(
@@ -69,6 +79,9 @@ def build_session(
             set_default("spark.sql.warehouse.dir", os.path.join(meta, "warehouse"))
             set_default("spark.hadoop.javax.jdo.option.ConnectionURL",
                         f"jdbc:derby:;databaseName={os.path.join(meta, 'metastore_db')};create=true")
+        # Hive's session makes <java.io.tmpdir>/<session uuid>_resources and Spark never
+        # closes that session: one empty directory left behind per job, every night.
+        set_default("spark.hadoop.hive.downloaded.resources.dir", hive_resources_dir(config))
     for key, value in (extra or {}).items():
         builder.config(key, value)
 
