@@ -87,4 +87,11 @@ def build_session(
 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
+    if config.hive_catalog and config.metastore_dir:
+        # Derby writes derby.log into the working directory (cron's: the user's home) when
+        # it boots, at the catalog's first use, which is after this point.
+        system = spark.sparkContext._jvm.java.lang.System
+        if system.getProperty("derby.stream.error.file") is None:
+            system.setProperty("derby.stream.error.file",
+                               os.path.join(os.path.abspath(config.metastore_dir), "derby.log"))
     return spark
