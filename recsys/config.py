@@ -410,9 +410,13 @@ class NightlyConfig:
     #: night that finds it missing writes it (about 12 s more, once), every later night
     #: maps it. "" = none.
     class_archive: str = ""
+    #: After a night that succeeds, keep this many of the newest runs of each stage,
+    #: nightly summaries and log files, plus every run still in use (recsys.retention);
+    #: 0 = keep everything. The published tables are never pruned.
+    keep_runs: int = 7
 
     def __post_init__(self) -> None:
-        _Check("nightly", self).at_least(0, "max_model_age_hours")
+        _Check("nightly", self).at_least(0, "max_model_age_hours", "keep_runs")
 
 
 @dataclass(frozen=True)

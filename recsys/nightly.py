@@ -19,6 +19,9 @@
 * **Logs and summary.** One log file per run in ``nightly.log_dir`` with every stage's
   output; a summary (per-stage status, timings, counts, metrics, where the tables are)
   printed at the end and written to ``<root>/nightly/<run_id>/summary.json``.
+* **Retention.** After a night that succeeds, old runs, summaries and logs beyond
+  ``nightly.keep_runs`` are removed, never a run still in use (:mod:`recsys.retention`);
+  a failed night keeps everything.
 
 A stage that fails or is killed leaves the published tables as they were (publishing is
 atomic per table, :mod:`recsys.publish.tables`); the next run starts from the top.
@@ -73,10 +76,13 @@ class NightlyResult:
     log_file: str
     stages: list[StageResult]
     summary_uri: str = ""
+    #: What retention removed after the night (recsys.retention), or why it did not run.
+    pruned: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_date": self.run_date, "exit_code": self.exit_code,
-                "log_file": self.log_file, "stages": [s.__dict__ for s in self.stages]}
+                "log_file": self.log_file, "stages": [s.__dict__ for s in self.stages],
+                "pruned": self.pruned}
 
 
 class Lock:
@@ -340,6 +346,8 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
     for stage in STAGES[len(results):]:
         results.append(StageResult(stage, "not run"))
     result = NightlyResult(run_id, run_date, exit_code, log_file, results)
+    result.pruned = _prune(config, root, runner, run_id) if exit_code == 0 else {
+        "skipped": "the night failed: every run is kept to be read"}
     try:
         uri = io.join(root, "nightly", run_id, "summary.json")
         io.write_text(uri, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
@@ -349,6 +357,24 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
     for line in format_summary(result).splitlines():
         runner.note(line)
     return result
+
+
+def _prune(config: Config, root: str, runner: Runner, run_id: str) -> dict[str, Any]:
+    """Retention after a good night; a failure to prune is noted, never the night's."""
+    from recsys.retention import prune
+
+    keep = config.nightly.keep_runs
+    if keep == 0:
+        return {"skipped": "nightly.keep_runs = 0"}
+    try:
+        pruned = prune(root, keep, log_dir=config.nightly.log_dir, tonight=run_id)
+    except (OSError, ValueError) as exc:  # e.g. an unreadable manifest: nothing removed
+        runner.note(f"retention: could not prune old runs: {exc}")
+        return {"error": str(exc)}
+    runner.note(f"retention: kept the {keep} newest runs of each stage; removed "
+                f"{pruned.describe()}")
+    return {"keep_runs": keep, "removed": pruned.removed, "removed_bytes": pruned.removed_bytes,
+            "in_use": sorted(pruned.in_use)}
 
 
 def _job_name(stage: str) -> str:

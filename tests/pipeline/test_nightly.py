@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from recsys import io
 from recsys.nightly import EXIT_LOCKED, Lock
 from tests.conftest import REPO, SMALL
 
@@ -119,7 +120,8 @@ def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_ni
 
 def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night):
     base, _ = first_night
-    done = nightly(base, "2026-11-21", *LATER)
+    first = summary(base)
+    done = nightly(base, "2026-11-21", *LATER, "--set", "nightly.keep_runs=1")
     assert done.returncode == 0, done.stdout[-4000:]
     status = {st["name"]: (st["status"], st["reason"]) for st in summary(base)["stages"]}
     assert status["train"][0] == "skipped" and "h old" in status["train"][1]
@@ -135,6 +137,18 @@ def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night
     assert f"-XX:SharedArchiveFile={base / 'jvm' / 'score.jsa'}" in score
     assert "-XX:TieredStopAtLevel=1" in score
     assert not any("TieredStopAtLevel" in c for c in commands if c != score)
+    # retention (keep_runs=1): the first night's score run, summary and log are gone; its
+    # preprocess and evaluate runs stay, in use by the model it trained (not retrained)
+    art = base / "artifacts"
+    runs = {st["name"]: st["run_id"] for st in first["stages"]}
+    assert sorted(summary(base)["pruned"]["removed"]) == sorted([
+        io.join(str(art), "score", runs["score"]), io.join(str(art), "nightly", first["run_id"]),
+        first["log_file"]])
+    assert not (art / "score" / runs["score"]).exists() and not Path(first["log_file"]).exists()
+    for stage in ("preprocess", "train", "index", "evaluate"):
+        assert (art / stage / runs[stage] / "_SUCCESS").is_file(), stage
+    assert len(list((art / "preprocess").glob("2026*"))) == 2
+    assert "retention: kept the 1 newest runs" in done.stdout
 
 
 def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_night):

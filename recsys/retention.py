@@ -1,0 +1,139 @@
+"""Retention: what the nightly keeps under the artifact root and in its log directory.
+
+Every night writes a new run of each stage (``<root>/<stage>/<run_id>/``), a summary
+(``<root>/nightly/<run_id>/``) and a log file; unpruned, the root grows by a preprocess,
+train and index run a night (hundreds of MB at ml-25m scale). :func:`prune` keeps:
+
+* for each stage, the ``keep`` newest completed runs (with ``_SUCCESS``);
+* every run still in use, whatever its age: the run each stage's ``LATEST`` names, and the
+  runs those were made from, followed through their manifests' inputs (the score run's
+  histories, model and index; the index run's model; the train run's histories), so a
+  model kept for weeks (``nightly.max_model_age_hours``) keeps its own preprocess run;
+* incomplete runs (no ``_SUCCESS``: failed, killed, or being written by a job running now)
+  newer than the oldest completed run kept, or started less than ``grace_hours`` ago (the
+  run id is its start time): a failure stays there to be read, and a job started by hand
+  beside the nightly is not pulled from under it;
+* the ``keep`` newest nightly summaries and ``nightly-<run_id>.log`` files;
+* anything whose name is not a run id this project makes (``YYYYmmddTHHMMSSZ-xxxxxx``),
+  e.g. a run named with ``--run-id``: never touched.
+
+The published tables (``<root>/tables``) are not touched: their nights belong to readers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+
+from recsys import artifacts, io
+
+STAGES = ("preprocess", "train", "index", "score", "evaluate")
+SUMMARIES = "nightly"
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_LOG = re.compile(r"^nightly-(\d{8}T\d{6}Z-[0-9a-f]{6})\.log$")
+
+
+@dataclass
+class Pruned:
+    """What :func:`prune` removed (or would remove, on a dry run) and what it kept."""
+
+    removed: list[str] = field(default_factory=list)  # URIs / paths, oldest first per place
+    removed_bytes: int = 0
+    in_use: list[str] = field(default_factory=list)  # "stage/run_id" kept because in use
+
+    def describe(self) -> str:
+        return (f"{len(self.removed)} old runs and logs ({self.removed_bytes / 2**20:,.1f} MiB); "
+                f"in use: {', '.join(sorted(self.in_use)) or 'none'}")
+
+
+def _reference(key: str, value: object) -> tuple[str, str] | None:
+    """The (stage, run id) a manifest input names, if it names a run of a stage."""
+    if not isinstance(value, str) or not value:
+        return None
+    if key == "model_version":
+        return "train", value
+    stage, _, kind = key.rpartition("_")
+    if stage in STAGES and kind == "run":
+        return stage, value
+    if stage in STAGES and kind == "dir":
+        return stage, value.rstrip("/").rsplit("/", 1)[-1]
+    return None
+
+
+def runs_in_use(root: str) -> set[tuple[str, str]]:
+    """(stage, run id) of every stage's LATEST run and of the runs they were made from."""
+    todo = []
+    for stage in STAGES:
+        pointer = io.join(root, stage, artifacts.LATEST)
+        if io.is_file(pointer):
+            todo.append((stage, io.read_text(pointer).strip()))
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        stage, run = todo.pop()
+        if (stage, run) in seen:
+            continue
+        seen.add((stage, run))
+        run_dir = artifacts.stage_dir(root, stage, run)
+        if io.is_file(io.join(run_dir, artifacts.MANIFEST)):  # unreadable JSON raises
+            inputs = artifacts.read_manifest(run_dir).get("inputs", {})
+            todo.extend(ref for key, value in inputs.items() if (ref := _reference(key, value)))
+    return seen
+
+
+def _size(uri: str) -> int:
+    return sum(entry.size for entry in io.list_files(uri)) if io.is_dir(uri) else io.size(uri)
+
+
+def _stage_victims(root: str, stage: str, keep: int, in_use: set[str],
+                   started_before: str) -> list[str]:
+    base = io.join(root, stage)
+    runs = [name for name in io.list_dir(base) if RUN_ID.match(name)]  # oldest first
+    complete = {r for r in runs if io.is_file(io.join(base, r, artifacts.SUCCESS))}
+    if len(complete) < keep:
+        return []
+    floor = sorted(complete)[-keep]  # the oldest completed run kept for being recent
+    return [io.join(base, r) for r in runs
+            if r < floor and r not in in_use and (r in complete or r < started_before)]
+
+
+def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
+    """The ids older than the ``keep`` newest, ``tonight`` (whose summary is not written
+    yet) counted among those."""
+    ids = sorted(set(ids) | ({tonight} if tonight and RUN_ID.match(tonight) else set()))
+    return [r for r in ids[:-keep] if r != tonight]
+
+
+def prune(root: str, keep: int, *, log_dir: str | None = None, tonight: str | None = None,
+          dry_run: bool = False, grace_hours: float = 24.0,
+          now: dt.datetime | None = None) -> Pruned:
+    """Remove what the rules above do not keep (nothing with ``dry_run``); ``keep`` >= 1.
+    ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs.
+
+    Raises (removing nothing) when a run in use has a manifest that cannot be read: what
+    it was made from cannot be known then."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = io.normalize_uri(root)
+    # run ids start with their UTC start time, so they compare as times do
+    started_before = artifacts.new_run_id(
+        (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(hours=grace_hours))
+    in_use = runs_in_use(root)
+    result = Pruned(in_use=[f"{stage}/{run}" for stage, run in in_use])
+    victims: list[str] = []
+    for stage in STAGES:
+        victims += _stage_victims(root, stage, keep, {r for s, r in in_use if s == stage},
+                                  started_before)
+    ids = [n for n in io.list_dir(io.join(root, SUMMARIES)) if RUN_ID.match(n)]
+    victims += [io.join(root, SUMMARIES, r) for r in _beyond(ids, keep, tonight)]
+    if log_dir and os.path.isdir(log_dir):
+        ids = [m.group(1) for n in os.listdir(log_dir) if (m := _LOG.match(n))]
+        victims += [os.path.abspath(os.path.join(log_dir, f"nightly-{r}.log"))
+                    for r in _beyond(ids, keep, tonight)]
+    for uri in victims:
+        result.removed_bytes += _size(uri)
+        if not dry_run:
+            io.delete(uri)
+        result.removed.append(uri)
+    return result

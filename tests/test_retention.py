@@ -1,0 +1,168 @@
+"""Retention of old runs (recsys.retention): runs sealed by the real artifacts.commit, on
+the local filesystem; the nightly's own pruning is tested in tests/pipeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys import artifacts, io
+from recsys.config import Config
+from recsys.retention import prune, runs_in_use
+from tests.conftest import REPO
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def rid(day: int, hour: int = 2) -> str:
+    return f"202611{day:02d}T{hour:02d}0000Z-0000{day:02d}"
+
+
+def make_run(root: str, stage: str, run_id: str, complete: bool = True, **inputs: str) -> None:
+    run_dir = artifacts.stage_dir(root, stage, run_id)
+    io.write_text(io.join(run_dir, "part-0.bin"), "x" * 1000)
+    manifest = artifacts.Manifest(stage, run_id, Config())
+    manifest["inputs"] = inputs
+    if complete:
+        artifacts.commit(root, stage, run_dir, manifest, Config())
+    else:
+        artifacts.write_failed(run_dir, manifest, RuntimeError("killed"))
+
+
+def path(root: str, stage: str, run_id: str) -> str:
+    return artifacts.stage_dir(root, stage, run_id)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[str, Path]:
+    """Two weeks of nights, the last with a model whose index failed its recall floor:
+    LATEST train is t28 but LATEST index (and the score run that used it) is for t20."""
+    root, logs = str(tmp_path / "artifacts"), tmp_path / "logs"
+    p = {d: rid(d) for d in (20, 21, 22, 26, 28)}
+    for day in (20, 22, 26, 28):
+        make_run(root, "preprocess", p[day])
+    make_run(root, "preprocess", p[21], complete=False)  # a night killed long ago
+    make_run(root, "preprocess", "manual-backfill")  # a run named by hand: never touched
+    make_run(root, "preprocess", p[28])  # LATEST again
+    make_run(root, "train", rid(18), preprocess_run=rid(18))
+    make_run(root, "train", rid(20), preprocess_run=p[20])
+    make_run(root, "train", rid(28), preprocess_dir=path(root, "preprocess", p[28]))
+    make_run(root, "index", rid(18), model_version=rid(18))
+    make_run(root, "index", rid(20), train_dir=path(root, "train", rid(20)),
+             model_version=rid(20))
+    make_run(root, "index", rid(28), complete=False, model_version=rid(28))  # below the floor
+    make_run(root, "score", rid(22))
+    make_run(root, "score", rid(26), preprocess_dir=path(root, "preprocess", p[26]),
+             train_dir=path(root, "train", rid(20)), index_dir=path(root, "index", rid(20)))
+    logs.mkdir()
+    for day in (22, 26):
+        io.write_text(io.join(root, "nightly", rid(day), "summary.json"), "{}")
+        (logs / f"nightly-{rid(day)}.log").write_text("log")
+    (logs / "nightly.lock").write_text("")
+    return root, logs
+
+
+def test_runs_in_use_follow_the_latest_runs_through_their_inputs(history):
+    root, _ = history
+    assert runs_in_use(root) == {
+        ("preprocess", rid(28)), ("train", rid(28)), ("index", rid(20)), ("score", rid(26)),
+        ("train", rid(20)),  # the index's model and the score run's
+        ("preprocess", rid(20)),  # that model's histories, two steps from a LATEST
+        ("preprocess", rid(26)),  # the score run's histories
+    }
+
+
+def test_prune_keeps_the_newest_and_what_is_in_use_and_a_dry_run_removes_nothing(history):
+    root, logs = history
+    expected = [
+        path(root, "preprocess", rid(21)), path(root, "preprocess", rid(22)),
+        path(root, "train", rid(18)), path(root, "index", rid(18)), path(root, "score", rid(22)),
+        io.join(root, "nightly", rid(22)), io.join(root, "nightly", rid(26)),
+        str(logs / f"nightly-{rid(22)}.log"), str(logs / f"nightly-{rid(26)}.log"),
+    ]
+    dry = prune(root, 1, log_dir=str(logs), tonight=rid(30), dry_run=True, now=NOW)
+    assert dry.removed == expected
+    assert all(io.exists(uri) for uri in expected)
+    local = [Path(io.local_path(uri)) for uri in expected]
+    assert dry.removed_bytes == sum(f.stat().st_size for p in local
+                                    for f in ([p] if p.is_file() else p.rglob("*"))
+                                    if f.is_file())
+
+    done = prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW)
+    assert done.removed == expected
+    assert not any(io.exists(uri) for uri in expected)
+    left = {stage: io.list_dir(io.join(root, stage)) for stage in ("preprocess", "train",
+                                                                   "index", "score")}
+    assert left == {
+        "preprocess": [rid(20), rid(26), rid(28), "LATEST", "manual-backfill"],
+        "train": [rid(20), rid(28), "LATEST"],
+        "index": [rid(20), rid(28), "LATEST"],  # the failed index is newer than the kept one
+        "score": [rid(26), "LATEST"],
+    }
+    assert sorted(p.name for p in logs.iterdir()) == ["nightly.lock"]
+    for stage in ("preprocess", "train", "index", "score"):  # every LATEST still resolves
+        artifacts.verify(artifacts.resolve(root, stage))
+    assert prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW).removed == []
+
+
+def test_an_incomplete_run_started_within_the_grace_period_is_left_alone(tmp_path):
+    root = str(tmp_path / "artifacts")
+    make_run(root, "train", rid(20))
+    make_run(root, "train", rid(30, 10), complete=False)  # a job started by hand, 2 h ago
+    make_run(root, "train", rid(30, 11))
+    kept = prune(root, 1, now=NOW)
+    assert kept.removed == [path(root, "train", rid(20))]
+    gone = prune(root, 1, now=NOW, grace_hours=1)
+    assert gone.removed == [path(root, "train", rid(30, 10))]
+
+
+def test_keep_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        prune(str(tmp_path), 0)
+
+
+def test_the_job_lists_a_dry_run_and_refuses_keep_zero(history, job_env):
+    root, logs = history
+    job = [sys.executable, str(REPO / "jobs" / "prune_artifacts.py"), "--artifact-root", root,
+           "--set", f"nightly.log_dir={logs}"]
+    out = subprocess.run([*job, "--keep", "2", "--dry-run"], env=job_env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"would remove {path(root, 'train', rid(18))}" in out.stdout
+    assert f"would remove {path(root, 'preprocess', rid(22))}" in out.stdout
+    assert f"would remove {path(root, 'index', rid(18))}" not in out.stdout  # 2 kept
+    assert "would remove 3 old runs and logs" in out.stdout
+    assert io.exists(path(root, "train", rid(18)))
+    bad = subprocess.run([*job, "--keep", "0"], env=job_env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--keep must be >= 1" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_an_unreadable_manifest_of_a_run_in_use_stops_the_pruning_before_anything_goes(history):
+    root, logs = history
+    latest_index = artifacts.resolve(root, "index")
+    io.write_text(io.join(latest_index, artifacts.MANIFEST), '{"inputs": {"train_')
+    with pytest.raises(ValueError):
+        prune(root, 1, log_dir=str(logs), now=NOW)
+    assert io.exists(path(root, "train", rid(18))) and io.exists(path(root, "score", rid(22)))
+
+
+def test_the_nightly_notes_a_pruning_that_failed_and_keeps_the_night_good(history):
+    from io import StringIO
+
+    from recsys.config import NightlyConfig
+    from recsys.nightly import Runner, _prune
+
+    root, logs = history
+    io.write_text(io.join(artifacts.resolve(root, "score"), artifacts.MANIFEST), "not json")
+    lines: list[str] = []
+    runner = Runner(StringIO(), None, echo=lines.append)
+    config = Config(nightly=NightlyConfig(keep_runs=1, log_dir=str(logs)))
+    out = _prune(config, io.normalize_uri(root), runner, rid(30))
+    assert set(out) == {"error"} and any("retention: could not prune" in ln for ln in lines)
+    assert io.exists(path(root, "train", rid(18)))
