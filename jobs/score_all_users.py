@@ -9,7 +9,8 @@ Reads the latest preprocess histories, the latest train run and the index built 
 (all verified against their manifests), scores every user in an Arrow UDF, mapInArrow (user tower +
 ScaNN, rated movies removed, top-N) and publishes the run_date partition of the
 recommendations, user-embeddings and similar-movies tables (see recsys.scoring.score).
-Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 1 other.
+Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 5 the
+catalog's metastore cannot be opened (nothing published), 1 other.
 """
 
 import sys

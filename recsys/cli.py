@@ -14,6 +14,7 @@ from typing import Callable
 from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
+from recsys.publish import CatalogUnavailableError
 
 #: Exit codes shared by every job (the nightly pipeline adds its own per stage).
 EXIT_OK = 0
@@ -21,11 +22,13 @@ EXIT_UNEXPECTED = 1
 EXIT_CONFIG = 2
 EXIT_INPUT = 3
 EXIT_ARTIFACT = 4
+EXIT_CATALOG = 5
 
 _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, EXIT_CONFIG, "configuration error"),
     (InputDataError, EXIT_INPUT, "input data error"),
     (ArtifactError, EXIT_ARTIFACT, "artifact error"),
+    (CatalogUnavailableError, EXIT_CATALOG, "catalog error"),
 )
 
 

@@ -29,13 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys import io
 from recsys.config import ConfigError
+from recsys.publish import CatalogUnavailableError
 
 log = logging.getLogger(__name__)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -111,6 +113,28 @@ class CatalogMismatchError(ConfigError):
     """A table of that name is in the catalog, but its columns are not tonight's."""
 
 
+@contextmanager
+def _metastore(spark: SparkSession) -> Iterator[None]:
+    """Turns Hive's failure to start its metastore client (a Java stack trace some
+    thousand lines long) into :class:`CatalogUnavailableError`, naming the embedded Derby
+    database when that is the metastore: Derby admits one process at a time."""
+    try:
+        yield
+    except Exception as exc:  # pyspark's AnalysisException, py4j's Py4JJavaError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "MetaStoreClient" not in first:
+            raise
+        url = spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
+        derby = re.search(r"jdbc:derby:;databaseName=([^;]+)", url)
+        hint = (f"the embedded metastore {derby.group(1)} admits one process at a time: is "
+                "another Spark session or job open on the same spark.metastore_dir? Stop it "
+                "and run again" if derby else
+                "is the metastore server of the cluster's hive-site.xml up and reachable?")
+        raise CatalogUnavailableError(
+            f"the Spark SQL catalog's metastore cannot be opened ({first[:300]}); {hint}. "
+            "Tonight's night is not published.") from None
+
+
 def _ddl(columns: pa.Schema) -> list[tuple[str, str]]:
     """(name, Spark SQL type) of each column of an Arrow schema, as the catalog lists them."""
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -139,7 +163,9 @@ def prepare_table(spark: SparkSession, *, database: str, name: str, table_uri: s
             raise ValueError(f"invalid table or database name {part!r}")
     full = f"{database}.{name}"
     want = [*_ddl(columns), ("run_date", "date")]
-    if not spark.catalog.databaseExists(database):
+    with _metastore(spark):  # the first use of the catalog starts the metastore client
+        exists = spark.catalog.databaseExists(database)
+    if not exists:
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     if spark.catalog.tableExists(full):
         have = [(c.name, c.dataType) for c in spark.catalog.listColumns(full)]

@@ -194,6 +194,49 @@ def test_speculative_tasks_are_refused_before_anything_is_staged(scored, tmp_pat
     assert not tables.exists()
 
 
+HOLD_METASTORE = """
+import sys, time
+from recsys.config import SparkConfig
+from recsys.spark import build_session
+spark = build_session("notebook", SparkConfig(metastore_dir=sys.argv[1]))
+spark.sql("SHOW TABLES").collect()
+print("HOLDING", flush=True)
+sys.stdin.read()  # until the test closes it
+spark.stop()
+"""
+
+
+def test_a_metastore_held_by_another_session_fails_the_night_clearly(scored, tmp_path):
+    """Derby, the embedded metastore, admits one JVM at a time: a user's own Spark session
+    on the same spark.metastore_dir (a notebook reading last night's table) is enough."""
+    root, meta, _ = scored
+    tables = tmp_path / "tables"  # its own tables, so the module's other nights stay as they are
+    own = ("--set", f"score.table_root={tables}", "--set", "score.database=held")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_METASTORE, meta], env=env(),
+                              cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HOLDING"
+        run = score(root, meta, *own)
+    finally:
+        holder.communicate(input="", timeout=120)
+    said = run.stdout + run.stderr
+    assert run.returncode == 5, said[-3000:]
+    assert "score_all_users: catalog error: the Spark SQL catalog's metastore cannot be " \
+           "opened" in said
+    assert f"{meta}/metastore_db admits one process at a time" in said
+    assert "Traceback" not in said
+    assert not (tables / "movielens_recommendations" / f"run_date={RUN_DATE}").exists()
+    failed = [artifacts.read_manifest(str(p)) for p in (Path(root) / "score").iterdir()
+              if p.is_dir() and not (p / "_SUCCESS").exists()]
+    assert any("CatalogUnavailableError" in m.get("error", "") for m in failed)
+    # once the other session is gone, the same night publishes
+    again = score(root, meta, *own)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert pq.read_table(tables / "movielens_recommendations" / f"run_date={RUN_DATE}"
+                         ).num_rows == 610
+
+
 def test_the_index_tunes_its_search_on_half_the_sampled_users(scored):
     root, _, _ = scored
     manifest = artifacts.read_manifest(artifacts.resolve(root, "index"))
