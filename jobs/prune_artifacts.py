@@ -5,9 +5,9 @@
 
 What the nightly does after every night that succeeds (nightly.keep_runs), by hand: keeps
 the N newest completed runs of each stage, every run the LATEST runs were made from,
-recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir),
-and never touches the published tables (see recsys.retention). --dry-run lists what would
-go. Exit codes: 0 ok, 2 configuration, 1 other.
+recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir);
+it removes what failed scoring runs left in the tables' _staging/ a day on, and never
+touches a published night (see recsys.retention). --dry-run lists what would go. Exit codes: 0 ok, 2 configuration, 1 other.
 """
 
 import sys
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--keep must be >= 1, got {keep} (nightly.keep_runs = 0 "
                               "means keep everything: give --keep N to prune by hand)")
         pruned = prune(config.artifact_root, keep, log_dir=config.nightly.log_dir,
-                       dry_run=args.dry_run)
+                       table_root=config.score.table_root or None, dry_run=args.dry_run)
         for uri in pruned.removed:
             print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} {uri}")
         print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} "

@@ -368,7 +368,8 @@ def _prune(config: Config, root: str, runner: Runner, run_id: str) -> dict[str, 
     if keep == 0:
         return {"skipped": "nightly.keep_runs = 0"}
     try:
-        pruned = prune(root, keep, log_dir=config.nightly.log_dir, tonight=run_id)
+        pruned = prune(root, keep, log_dir=config.nightly.log_dir, tonight=run_id,
+                       table_root=config.score.table_root or None)
     except (OSError, ValueError) as exc:  # e.g. an unreadable manifest: nothing removed
         runner.note(f"retention: could not prune old runs: {exc}")
         return {"error": str(exc)}

@@ -18,7 +18,9 @@ train and index run a night (the preprocess run alone: 222 MB at ml-25m scale).
 * anything whose name is not a run id this project makes (``YYYYmmddTHHMMSSZ-xxxxxx``),
   e.g. a run named with ``--run-id``: never touched.
 
-The published tables (``<root>/tables``) are not touched: their nights belong to readers.
+The published nights of the tables are not touched: they belong to their readers. What a
+scoring run that failed left in a table's ``_staging/`` (a whole night of files, which
+only a later run of the *same* night would clear) goes once it is ``grace_hours`` old.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ STAGES = ("preprocess", "train", "index", "score", "evaluate")
 SUMMARIES = "nightly"
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 _LOG = re.compile(r"^nightly-(\d{8}T\d{6}Z-[0-9a-f]{6})\.log$")
+_STAGED = re.compile(r"^run_date=\d{4}-\d{2}-\d{2}-(\d{8}T\d{6}Z-[0-9a-f]{6})$")
 
 
 @dataclass
@@ -106,11 +109,24 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
     return [r for r in ids[:-keep] if r != tonight]
 
 
-def prune(root: str, keep: int, *, log_dir: str | None = None, tonight: str | None = None,
-          dry_run: bool = False, grace_hours: float = 24.0,
+def _stale_staging(table_root: str, started_before: str) -> list[str]:
+    """``<table>/_staging/run_date=<date>-<run_id>`` of runs started before the grace."""
+    out = []
+    for table in io.list_dir(table_root):
+        staging = io.join(table_root, table, "_staging")
+        for name in io.list_dir(staging):
+            run = _STAGED.match(name)
+            if run and run.group(1) < started_before:
+                out.append(io.join(staging, name))
+    return out
+
+
+def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str | None = None,
+          tonight: str | None = None, dry_run: bool = False, grace_hours: float = 24.0,
           now: dt.datetime | None = None) -> Pruned:
     """Remove what the rules above do not keep (nothing with ``dry_run``); ``keep`` >= 1.
-    ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs.
+    ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs;
+    ``table_root``: where the tables are (``score.table_root``; default ``<root>/tables``).
 
     Raises (removing nothing) when a run in use has a manifest that cannot be read: what
     it was made from cannot be known then."""
@@ -128,6 +144,7 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, tonight: str | No
                                   started_before)
     ids = [n for n in io.list_dir(io.join(root, SUMMARIES)) if RUN_ID.match(n)]
     victims += [io.join(root, SUMMARIES, r) for r in _beyond(ids, keep, tonight)]
+    victims += _stale_staging(table_root or io.join(root, "tables"), started_before)
     if log_dir and os.path.isdir(log_dir):
         ids = [m.group(1) for n in os.listdir(log_dir) if (m := _LOG.match(n))]
         victims += [os.path.abspath(os.path.join(log_dir, f"nightly-{r}.log"))
