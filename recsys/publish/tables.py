@@ -121,7 +121,8 @@ def _metastore(spark: SparkSession) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # pyspark's AnalysisException, py4j's Py4JJavaError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
         if "MetaStoreClient" not in first:
             raise
         url = spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
@@ -132,7 +133,7 @@ def _metastore(spark: SparkSession) -> Iterator[None]:
                 "is the metastore server of the cluster's hive-site.xml up and reachable?")
         raise CatalogUnavailableError(
             f"the Spark SQL catalog's metastore cannot be opened ({first[:300]}); {hint}. "
-            "Tonight's night is not published.") from None
+            "Nothing was published.") from None
 
 
 def _ddl(columns: pa.Schema) -> list[tuple[str, str]]:
