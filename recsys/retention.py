@@ -19,7 +19,7 @@ train and index run a night (the preprocess run alone: 222 MB at ml-25m scale).
   e.g. a run named with ``--run-id``: never touched.
 
 The published nights of the tables are not touched: they belong to their readers. What a
-scoring run that failed left in a table's ``_staging/`` (a whole night of files, which
+scoring run that failed left staged (``<tables>/_staging/``: a whole night of files, which
 only a later run of the *same* night would clear) goes once it is ``grace_hours`` old.
 """
 
@@ -110,10 +110,11 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
 
 
 def _stale_staging(table_root: str, started_before: str) -> list[str]:
-    """``<table>/_staging/run_date=<date>-<run_id>`` of runs started before the grace."""
+    """``<tables>/_staging/<table>/run_date=<date>-<run_id>`` of runs started before the
+    grace (recsys.publish.tables.side_dir)."""
     out = []
-    for table in io.list_dir(table_root):
-        staging = io.join(table_root, table, "_staging")
+    for table in io.list_dir(io.join(table_root, "_staging")):
+        staging = io.join(table_root, "_staging", table)
         for name in io.list_dir(staging):
             run = _STAGED.match(name)
             if run and run.group(1) < started_before:

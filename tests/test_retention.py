@@ -63,10 +63,12 @@ def history(tmp_path: Path) -> tuple[str, Path]:
         io.write_text(io.join(root, "nightly", rid(day), "summary.json"), "{}")
         (logs / f"nightly-{rid(day)}.log").write_text("log")
     (logs / "nightly.lock").write_text("")
-    recs = io.join(root, "tables", "movielens_recommendations")
-    io.write_text(io.join(recs, "run_date=2026-11-26", "part-0.parquet"), "published")
+    tables = io.join(root, "tables")
+    io.write_text(io.join(tables, "movielens_recommendations", "run_date=2026-11-26",
+                          "part-0.parquet"), "published")
     for night, run in (("2026-11-22", rid(22)), ("2026-11-30", rid(30, 11))):  # failed nights
-        io.write_text(io.join(recs, "_staging", f"run_date={night}-{run}", "part-0.parquet"), "x")
+        io.write_text(io.join(tables, "_staging", "movielens_recommendations",
+                              f"run_date={night}-{run}", "part-0.parquet"), "x")
     return root, logs
 
 
@@ -87,7 +89,7 @@ def test_prune_keeps_the_newest_and_what_is_in_use_and_a_dry_run_removes_nothing
         path(root, "train", rid(18)), path(root, "index", rid(18)), path(root, "score", rid(22)),
         io.join(root, "nightly", rid(22)), io.join(root, "nightly", rid(26)),
         # a failed night's staged files; the one from an hour ago may be a run in progress
-        io.join(root, "tables", "movielens_recommendations", "_staging",
+        io.join(root, "tables", "_staging", "movielens_recommendations",
                 f"run_date=2026-11-22-{rid(22)}"),
         str(logs / f"nightly-{rid(22)}.log"), str(logs / f"nightly-{rid(26)}.log"),
     ]
@@ -111,9 +113,11 @@ def test_prune_keeps_the_newest_and_what_is_in_use_and_a_dry_run_removes_nothing
         "score": [rid(26), "LATEST"],
     }
     assert sorted(p.name for p in logs.iterdir()) == ["nightly.lock"]
-    recs = Path(io.local_path(root)) / "tables" / "movielens_recommendations"
-    assert sorted(p.name for p in recs.iterdir()) == ["_staging", "run_date=2026-11-26"]
-    assert [p.name for p in (recs / "_staging").iterdir()] == [f"run_date=2026-11-30-{rid(30, 11)}"]
+    tables = Path(io.local_path(root)) / "tables"
+    assert [p.name for p in (tables / "movielens_recommendations").iterdir()] == [
+        "run_date=2026-11-26"]
+    assert [p.name for p in (tables / "_staging" / "movielens_recommendations").iterdir()] == [
+        f"run_date=2026-11-30-{rid(30, 11)}"]
     for stage in ("preprocess", "train", "index", "score"):  # every LATEST still resolves
         artifacts.verify(artifacts.resolve(root, stage))
     assert prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW).removed == []

@@ -2,16 +2,18 @@
 
 Readers must never see a half-written night (DESIGN §4.5):
 
-1. The night is written into ``<table>/_staging/run_date=<date>-<run_id>/`` (names
-   starting with ``_`` are invisible to Spark, Hive, DuckDB and pyarrow partition
-   discovery) — by Spark, or by the scoring workers themselves
-   (:mod:`recsys.publish.parts`) — and ends with ``_SUCCESS``; then ``_manifest.json``
+1. The night is written into ``<tables>/_staging/<table>/run_date=<date>-<run_id>/``,
+   beside the table's directory, not in it: a reader that globs every file below the
+   table (DuckDB's ``read_parquet('<table>/**/*.parquet')``) would otherwise read a night
+   being written as one more partition; Spark, Hive and pyarrow skip names starting with
+   ``_`` anyway. It is written by Spark, or by the scoring workers themselves
+   (:mod:`recsys.publish.parts`), and ends with ``_SUCCESS``; then ``_manifest.json``
    (hidden from readers, like ``_SUCCESS``) goes next to it.
-2. The staged directory becomes ``<table>/run_date=<date>`` in one step: a rename, or,
-   when that night was published before, one ``renameat2(RENAME_EXCHANGE)`` that swaps
-   the staged and the published directory (Linux, local filesystems); the previous
-   version, now in ``_staging``, is then deleted. A re-run replaces that night and
-   nothing else.
+2. The staged directory becomes ``<tables>/<table>/run_date=<date>`` in one step: a
+   rename, or, when that night was published before, one ``renameat2(RENAME_EXCHANGE)``
+   that swaps the staged and the published directory (Linux, local filesystems); the
+   previous version, now in ``_staging``, is then deleted. A re-run replaces that night
+   and nothing else.
 3. The table is created in the Spark SQL catalog if needed (with its columns given), the
    night's partition added, and the table refreshed (:func:`register_table`).
 
@@ -19,9 +21,10 @@ A run killed before step 2 leaves only a ``_staging`` directory that no reader s
 next run of that night removes it. Every published partition holds ``_SUCCESS``.
 
 Where no atomic exchange exists (HDFS and other remote filesystems), the previous version
-is renamed into ``_replaced/`` just before the new one is renamed in. A run killed between
-those two renames leaves the night missing, not broken; the next run of that night puts
-the previous version back before it writes anything (:func:`restore_replaced`).
+is renamed into ``<tables>/_replaced/<table>/`` just before the new one is renamed in. A
+run killed between those two renames leaves the night missing, not broken; the next run
+of that night puts the previous version back before it writes anything
+(:func:`restore_replaced`).
 """
 
 from __future__ import annotations
@@ -60,16 +63,25 @@ def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run
                             run_id=run_id, manifest=manifest)
 
 
+def side_dir(table_uri: str, kind: str) -> str:
+    """``<tables>/_<kind>/<table>``: where a table's nights are staged (``staging``) or
+    set aside (``replaced``), beside the table's directory so that no reader of the table
+    sees them."""
+    parent, _, name = io.normalize_uri(table_uri).rstrip("/").rpartition("/")
+    return io.join(parent, f"_{kind}", name)
+
+
 def stage_partition(table_uri: str, run_date: str, run_id: str) -> str:
     """The staging directory for tonight's partition (step 1), not yet created: what an
     earlier run of the same night left behind is restored or removed first."""
     if not _DATE.match(run_date):
         raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
     restore_replaced(table_uri, run_date)
-    for stale in io.list_dir(io.join(table_uri, "_staging")):
+    staging = side_dir(table_uri, "staging")
+    for stale in io.list_dir(staging):
         if stale.startswith(f"run_date={run_date}-"):
-            io.delete(io.join(table_uri, "_staging", stale))
-    return io.join(table_uri, "_staging", f"run_date={run_date}-{run_id}")
+            io.delete(io.join(staging, stale))
+    return io.join(staging, f"run_date={run_date}-{run_id}")
 
 
 def commit_partition(staging: str, *, table_uri: str, run_date: str, run_id: str,
@@ -85,8 +97,8 @@ def commit_partition(staging: str, *, table_uri: str, run_date: str, run_id: str
     elif io.exchange(staging, final):
         io.delete(staging)  # the previous version, swapped out
     else:
-        replaced = io.join(table_uri, "_replaced", f"run_date={run_date}-{run_id}")
-        io.makedirs(io.join(table_uri, "_replaced"))
+        replaced = io.join(side_dir(table_uri, "replaced"), f"run_date={run_date}-{run_id}")
+        io.makedirs(side_dir(table_uri, "replaced"))
         io.move(final, replaced)
         io.move(staging, final)
         io.delete(replaced)
@@ -98,7 +110,7 @@ def restore_replaced(table_uri: str, run_date: str) -> None:
     """Undo a non-atomic swap cut short: the night's previous version, set aside in
     ``_replaced/``, goes back in place if the night is missing; else it is removed."""
     final = partition_uri(table_uri, run_date)
-    parked = io.join(table_uri, "_replaced")
+    parked = side_dir(table_uri, "replaced")
     for name in sorted(io.list_dir(parked)):
         if not name.startswith(f"run_date={run_date}-"):
             continue

@@ -185,7 +185,7 @@ def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_complet
         seen.append(line)
         if "score: started" in line:
             break
-    staging = night(base, "2026-11-21").parent / "_staging"
+    staging = base / "artifacts" / "tables" / "_staging" / "movielens_recommendations"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if staging.is_dir() and any(staging.iterdir()):  # scoring is writing tonight's files

@@ -46,8 +46,8 @@ def test_a_rerun_replaces_only_its_night_and_leaves_nothing_behind(spark, tmp_pa
     assert _values(table / "run_date=2026-11-21") == {3}
     assert (table / "run_date=2026-11-21" / "_SUCCESS").is_file()
     assert _files(table / "run_date=2026-11-20") == other
-    assert list((table / "_staging").iterdir()) == []
-    assert not (table / "_replaced").exists()
+    assert list((tmp_path / "_staging" / "t").iterdir()) == []
+    assert not (tmp_path / "_replaced" / "t").exists()
 
 
 def test_killed_right_after_the_swap_the_new_night_is_whole(spark, tmp_path, monkeypatch):
@@ -66,10 +66,14 @@ def test_killed_right_after_the_swap_the_new_night_is_whole(spark, tmp_path, mon
     monkeypatch.setattr(io, "delete", real_delete)
     night = table / "run_date=2026-11-21"
     assert _values(night) == {2} and (night / "_SUCCESS").is_file()
-    assert [p.name for p in (table / "_staging").iterdir()] == ["run_date=2026-11-21-r2"]
+    assert [p.name for p in (tmp_path / "_staging" / "t").iterdir()] == ["run_date=2026-11-21-r2"]
+    # a reader globbing every Parquet file below the table (DuckDB's '<table>/**/*.parquet')
+    # sees the published night only, not the version left staged beside it
+    assert {p.relative_to(table).parts[0] for p in table.rglob("*.parquet")} == {
+        "run_date=2026-11-21"}
     _night(spark, table, "2026-11-21", "r3", 3)  # the next run clears the leftover
     assert _values(night) == {3}
-    assert list((table / "_staging").iterdir()) == []
+    assert list((tmp_path / "_staging" / "t").iterdir()) == []
 
 
 def test_without_an_atomic_swap_a_night_cut_mid_swap_is_restored_first(spark, tmp_path,
@@ -98,7 +102,7 @@ def test_without_an_atomic_swap_a_night_cut_mid_swap_is_restored_first(spark, tm
         publish_partition(spark, broken, table_uri=str(table), run_date="2026-11-21",
                           run_id="r3", manifest={})
     assert _files(night) == before
-    assert list((table / "_replaced").iterdir()) == []
+    assert list((tmp_path / "_replaced" / "t").iterdir()) == []
     _night(spark, table, "2026-11-21", "r4", 4)
     assert _values(night) == {4}
 

@@ -287,7 +287,7 @@ def test_a_run_killed_while_writing_leaves_the_published_night_intact(scored):
            "--set", f"spark.metastore_dir={meta}", "--train-run", *TRAIN_RUN]
     proc = subprocess.Popen(cmd, env=env(), cwd=meta, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    staging = table / "_staging"
+    staging = table.parent / "_staging" / table.name
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if staging.is_dir() and any(staging.iterdir()):  # Spark is writing tonight's files
