@@ -7,7 +7,8 @@ What the nightly does after every night that succeeds (nightly.keep_runs), by ha
 the N newest completed runs of each stage, every run the LATEST runs were made from,
 recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir);
 it removes what failed scoring runs left in the tables' _staging/ a day on, and never
-touches a published night (see recsys.retention). --dry-run lists what would go. Exit codes: 0 ok, 2 configuration, 1 other.
+touches a published night (see recsys.retention). --dry-run lists what would go.
+Exit codes: 0 ok, 2 configuration, 1 other.
 """
 
 import sys
