@@ -138,7 +138,8 @@ def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night
     assert "-XX:TieredStopAtLevel=1" in score
     assert not any("TieredStopAtLevel" in c for c in commands if c != score)
     # retention (keep_runs=1): the first night's score run, summary and log are gone; its
-    # preprocess and evaluate runs stay, in use by the model it trained (not retrained)
+    # preprocess run stays, in use by the model it trained (not retrained tonight), and its
+    # evaluate run is still the latest (tonight's evaluate was skipped)
     art = base / "artifacts"
     runs = {st["name"]: st["run_id"] for st in first["stages"]}
     assert sorted(summary(base)["pruned"]["removed"]) == sorted([
