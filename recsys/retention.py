@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 
 from recsys import artifacts, io
+from recsys.nightly import STAGES
 
-STAGES = ("preprocess", "train", "index", "score", "evaluate")
 SUMMARIES = "nightly"
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 _LOG = re.compile(r"^nightly-(\d{8}T\d{6}Z-[0-9a-f]{6})\.log$")
