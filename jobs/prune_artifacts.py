@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--keep must be >= 1, got {keep} (nightly.keep_runs = 0 "
                               "means keep everything: give --keep N to prune by hand)")
         pruned = prune(config.artifact_root, keep, log_dir=config.nightly.log_dir,
-                       table_root=config.score.table_root or None, dry_run=args.dry_run)
+                       table_root=config.score.table_root, dry_run=args.dry_run)
         for uri in pruned.removed:
             print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} {uri}")
         print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} "

@@ -369,7 +369,7 @@ def _prune(config: Config, root: str, runner: Runner, run_id: str) -> dict[str, 
         return {"skipped": "nightly.keep_runs = 0"}
     try:
         pruned = prune(root, keep, log_dir=config.nightly.log_dir, tonight=run_id,
-                       table_root=config.score.table_root or None)
+                       table_root=config.score.table_root)
     except (OSError, ValueError) as exc:  # e.g. an unreadable manifest: nothing removed
         runner.note(f"retention: could not prune old runs: {exc}")
         return {"error": str(exc)}

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 
 from recsys import artifacts, io
 from recsys.nightly import STAGES
+from recsys.publish import side_dir
 
 SUMMARIES = "nightly"
-RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-_LOG = re.compile(r"^nightly-(\d{8}T\d{6}Z-[0-9a-f]{6})\.log$")
-_STAGED = re.compile(r"^run_date=\d{4}-\d{2}-\d{2}-(\d{8}T\d{6}Z-[0-9a-f]{6})$")
+_ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"  # artifacts.new_run_id's form
+RUN_ID = re.compile(rf"^{_ID}$")
+_LOG = re.compile(rf"^nightly-({_ID})\.log$")
+_STAGED = re.compile(rf"^run_date=\d{{4}}-\d{{2}}-\d{{2}}-({_ID})$")
 
 
 @dataclass
@@ -111,10 +113,11 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
 
 def _stale_staging(table_root: str, started_before: str) -> list[str]:
     """``<tables>/_staging/<table>/run_date=<date>-<run_id>`` of runs started before the
-    grace (recsys.publish.tables.side_dir)."""
+    grace. The tables are those with a staging directory: a table's first night that
+    failed staged files for a table directory that does not exist yet."""
     out = []
     for table in io.list_dir(io.join(table_root, "_staging")):
-        staging = io.join(table_root, "_staging", table)
+        staging = side_dir(io.join(table_root, table), "staging")
         for name in io.list_dir(staging):
             run = _STAGED.match(name)
             if run and run.group(1) < started_before:
@@ -122,12 +125,12 @@ def _stale_staging(table_root: str, started_before: str) -> list[str]:
     return out
 
 
-def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str | None = None,
+def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str = "",
           tonight: str | None = None, dry_run: bool = False, grace_hours: float = 24.0,
           now: dt.datetime | None = None) -> Pruned:
     """Remove what the rules above do not keep (nothing with ``dry_run``); ``keep`` >= 1.
     ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs;
-    ``table_root``: where the tables are (``score.table_root``; default ``<root>/tables``).
+    ``table_root``: where the tables are (``score.table_root``; "" = ``<root>/tables``).
 
     Raises (removing nothing) when a run in use has a manifest that cannot be read: what
     it was made from cannot be known then."""

@@ -1,5 +1,15 @@
 """Publishing: run-date partitions staged and swapped in atomically, registered as tables."""
 
+from recsys import io
+
+
+def side_dir(table_uri: str, kind: str) -> str:
+    """``<tables>/_<kind>/<table>``: where a table's nights are staged (``staging``) or
+    set aside (``replaced``), beside the table's directory so that no reader of the table
+    sees them."""
+    parent, _, name = io.normalize_uri(table_uri).rstrip("/").rpartition("/")
+    return io.join(parent, f"_{kind}", name)
+
 
 class CatalogUnavailableError(RuntimeError):
     """The Spark SQL catalog's metastore cannot be reached or opened (nothing to do with

@@ -40,7 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recsys import io
 from recsys.config import ConfigError
-from recsys.publish import CatalogUnavailableError
+from recsys.publish import CatalogUnavailableError, side_dir
 
 log = logging.getLogger(__name__)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -61,14 +61,6 @@ def publish_partition(spark: SparkSession, df: DataFrame, *, table_uri: str, run
     out.write.mode("overwrite").parquet(staging)
     return commit_partition(staging, table_uri=table_uri, run_date=run_date,
                             run_id=run_id, manifest=manifest)
-
-
-def side_dir(table_uri: str, kind: str) -> str:
-    """``<tables>/_<kind>/<table>``: where a table's nights are staged (``staging``) or
-    set aside (``replaced``), beside the table's directory so that no reader of the table
-    sees them."""
-    parent, _, name = io.normalize_uri(table_uri).rstrip("/").rpartition("/")
-    return io.join(parent, f"_{kind}", name)
 
 
 def stage_partition(table_uri: str, run_date: str, run_id: str) -> str:
@@ -97,8 +89,9 @@ def commit_partition(staging: str, *, table_uri: str, run_date: str, run_id: str
     elif io.exchange(staging, final):
         io.delete(staging)  # the previous version, swapped out
     else:
-        replaced = io.join(side_dir(table_uri, "replaced"), f"run_date={run_date}-{run_id}")
-        io.makedirs(side_dir(table_uri, "replaced"))
+        parked = side_dir(table_uri, "replaced")
+        replaced = io.join(parked, f"run_date={run_date}-{run_id}")
+        io.makedirs(parked)
         io.move(final, replaced)
         io.move(staging, final)
         io.delete(replaced)
