@@ -10,6 +10,7 @@ get ``TF_USE_LEGACY_KERAS=1``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Mapping
@@ -29,6 +30,70 @@ def hive_resources_dir(config: SparkConfig) -> str:
     if config.metastore_dir:
         return os.path.join(os.path.abspath(config.metastore_dir), "hive-resources")
     return os.path.join(tempfile.gettempdir(), f"recsys-hive-resources-{os.getuid()}")
+
+
+def embedded_metastore(spark: "SparkSession") -> str | None:
+    """The directory of the embedded Derby metastore database the session is configured
+    with (:func:`build_session` under ``spark.metastore_dir``), or None for any other."""
+    url = spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
+    derby = re.search(r"jdbc:derby:;databaseName=([^;]+)", url)
+    return derby.group(1) if derby else None
+
+
+def derby_holder(database: str) -> int | None:
+    """The process that has the Derby ``database`` open, or None when none has or this
+    system cannot tell. A booted Derby holds a POSIX lock on ``<database>/dbex.lck``;
+    the kernel lists it in ``/proc/locks`` (Linux), which is read, never locked, so this
+    cannot get in the way of a process booting the database."""
+    try:
+        st = os.stat(os.path.join(database, "dbex.lck"))
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        # "3: POSIX  ADVISORY  WRITE 28444 fe:00:2146583 0 EOF" (a waiter has "->" after "3:")
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "POSIX" and fields[5] == file_id:
+            return int(fields[4])
+    return None
+
+
+def describe_process(pid: int) -> str:
+    """``pid`` and, for a Spark driver's JVM, the program that started it (a notebook's
+    kernel, a job's script), as far as ``/proc`` tells: for messages that ask a user to
+    stop it."""
+    def cmdline(p: int) -> str:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def parent(p: int) -> int | None:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    own = cmdline(pid)
+    if not own:
+        return f"process {pid}"
+    program = os.path.basename(own.split()[0])
+    if "org.apache.spark.deploy.SparkSubmit" not in own:
+        return f"process {pid} ({own[:160]})"
+    ppid = parent(pid)
+    started_by = cmdline(ppid) if ppid else ""
+    if not started_by:
+        return f"process {pid} ({program}, a Spark driver)"
+    return f"process {pid} ({program}, a Spark driver started by process {ppid}: {started_by[:160]})"
+
+
+def jvm_pid(spark: "SparkSession") -> int:
+    """The process id of the session's driver JVM."""
+    return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
 
 def build_session(

@@ -34,3 +34,33 @@ def test_a_hive_session_leaves_nothing_in_the_temp_or_working_directory(tmp_path
     # Derby's log goes beside the metastore, not into the job's working directory
     assert not (tmp_path / "derby.log").exists() and (meta / "derby.log").is_file()
     assert "ROWS 4" in out.stdout  # the catalog itself still persists between jobs
+
+
+LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as Derby's FileChannel.tryLock does
+print("LOCKED", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_process_holding_a_derby_database_is_found_without_locking_it(tmp_path):
+    from recsys.spark import derby_holder, describe_process
+
+    db = tmp_path / "metastore_db"
+    assert derby_holder(str(db)) is None  # no database yet
+    db.mkdir()
+    (db / "dbex.lck").write_bytes(b"\x00" * 4)
+    assert derby_holder(str(db)) is None  # a database nobody has booted
+    holder = subprocess.Popen([sys.executable, "-c", LOCK, str(db / "dbex.lck")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "LOCKED"
+        assert derby_holder(str(db)) == holder.pid
+        assert derby_holder(str(tmp_path)) is None  # another directory is not held
+        said = describe_process(holder.pid)
+        assert said.startswith(f"process {holder.pid} (") and "-c" in said
+    finally:
+        holder.communicate(input="", timeout=30)
+    assert derby_holder(str(db)) is None

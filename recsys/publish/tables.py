@@ -41,6 +41,7 @@ from pyspark.sql import DataFrame, SparkSession
 from recsys import io
 from recsys.config import ConfigError
 from recsys.publish import CatalogUnavailableError, side_dir
+from recsys.spark import derby_holder, describe_process, embedded_metastore, jvm_pid
 
 log = logging.getLogger(__name__)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -120,9 +121,19 @@ class CatalogMismatchError(ConfigError):
 
 @contextmanager
 def _metastore(spark: SparkSession) -> Iterator[None]:
-    """Turns Hive's failure to start its metastore client (a Java stack trace some
-    thousand lines long) into :class:`CatalogUnavailableError`, naming the embedded Derby
-    database when that is the metastore: Derby admits one process at a time."""
+    """The first use of the catalog, which starts the metastore client. Derby, the
+    embedded metastore, admits one process at a time: when another process has it open
+    (a notebook's Spark session, another job) that is said at once, before Hive retries
+    for 20 s and prints some ten thousand lines of Java stack traces. Any other failure to
+    start the client becomes :class:`CatalogUnavailableError` too, naming the metastore."""
+    derby = embedded_metastore(spark)
+    holder = derby_holder(derby) if derby else None
+    if holder is not None and holder != jvm_pid(spark):
+        raise CatalogUnavailableError(
+            f"the Spark SQL catalog's metastore cannot be opened: the embedded metastore "
+            f"{derby} admits one process at a time, and {describe_process(holder)} has it "
+            "open. Stop that Spark session or job (or give this one its own "
+            "spark.metastore_dir) and run again. Nothing was published.")
     try:
         yield
     except Exception as exc:  # pyspark's AnalysisException, py4j's Py4JJavaError
@@ -130,9 +141,7 @@ def _metastore(spark: SparkSession) -> Iterator[None]:
         first = text.splitlines()[0] if text else type(exc).__name__
         if "MetaStoreClient" not in first:
             raise
-        url = spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
-        derby = re.search(r"jdbc:derby:;databaseName=([^;]+)", url)
-        hint = (f"the embedded metastore {derby.group(1)} admits one process at a time: is "
+        hint = (f"the embedded metastore {derby} admits one process at a time: is "
                 "another Spark session or job open on the same spark.metastore_dir? Stop it "
                 "and run again" if derby else
                 "is the metastore server of the cluster's hive-site.xml up and reachable?")

@@ -224,8 +224,11 @@ def test_a_metastore_held_by_another_session_fails_the_night_clearly(scored, tmp
     assert run.returncode == 5, said[-3000:]
     assert "score_all_users: catalog error: the Spark SQL catalog's metastore cannot be " \
            "opened" in said
-    assert f"{meta}/metastore_db admits one process at a time" in said
+    # said before Hive starts its metastore client: no 20 s of retries, no Java traces
+    assert f"{meta}/metastore_db admits one process at a time, and process " in said
+    assert f"a Spark driver started by process {holder.pid}: " in said
     assert "Traceback" not in said
+    assert "RetryingHMSHandler" not in said and "\tat org.datanucleus" not in said
     assert not (tables / "movielens_recommendations" / f"run_date={RUN_DATE}").exists()
     failed = [artifacts.read_manifest(str(p)) for p in (Path(root) / "score").iterdir()
               if p.is_dir() and not (p / "_SUCCESS").exists()]
