@@ -35,10 +35,11 @@ TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name
 
 def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
           submit: tuple[str, ...] = ("--master", "local[2]"),
-          tmpdir: Path | None = None) -> subprocess.CompletedProcess:
+          tmpdir: Path | None = None, job: Path = REPO / "jobs/score_all_users.py"
+          ) -> subprocess.CompletedProcess:
     cmd = [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
            "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
-           str(REPO / "jobs/score_all_users.py"), "--artifact-root", root,
+           str(job), "--artifact-root", root,
            "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
            "--train-run", *TRAIN_RUN, *extra]
     extra_env = {"TMPDIR": str(tmpdir)} if tmpdir else {}
@@ -238,6 +239,41 @@ def test_a_metastore_held_by_another_session_fails_the_night_clearly(scored, tmp
     assert again.returncode == 0, again.stderr[-3000:]
     assert pq.read_table(tables / "movielens_recommendations" / f"run_date={RUN_DATE}"
                          ).num_rows == 610
+
+
+BLIND_TO_LOCKS = f"""
+import runpy, sys
+import recsys.spark
+recsys.spark.derby_holder = lambda database: None  # a system without /proc/locks
+sys.argv[0] = {str(REPO / "jobs/score_all_users.py")!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_where_the_holder_cannot_be_found_hives_own_failure_is_said_clearly(scored, tmp_path):
+    """Without /proc/locks (not Linux) the holder is not known beforehand: Hive's client
+    fails to start (after its retries), and that is turned into the same catalog error."""
+    root, meta, _ = scored
+    tables = tmp_path / "tables"
+    job = tmp_path / "score_blind.py"
+    job.write_text(BLIND_TO_LOCKS)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_METASTORE, meta], env=env(),
+                              cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HOLDING"
+        run = score(root, meta, "--set", f"score.table_root={tables}", job=job)
+    finally:
+        holder.communicate(input="", timeout=120)
+    said = run.stdout + run.stderr
+    assert run.returncode == 5, said[-3000:]
+    error = [line for line in said.splitlines() if line.startswith("score_all_users: ")]
+    assert len(error) == 1 and error[0].startswith(
+        "score_all_users: catalog error: the Spark SQL catalog's metastore cannot be opened (")
+    assert f"{meta}/metastore_db admits one process at a time: is another Spark session " \
+           "or job open on the same spark.metastore_dir?" in error[0]
+    assert "Traceback" not in said
+    assert not (tables / "movielens_recommendations" / f"run_date={RUN_DATE}").exists()
 
 
 def test_the_index_tunes_its_search_on_half_the_sampled_users(scored):
