@@ -347,6 +347,11 @@ class SparkConfig:
     #: Directory of the embedded Derby metastore and the warehouse for local runs; ""
     #: uses the cluster's hive-site.xml instead.
     metastore_dir: str = "metastore"
+    #: Local masters: where Spark's scratch (spark.local.dir: shuffle and spill files) goes,
+    #: one directory per driver process; what a killed job left there is removed by the
+    #: next job. "" = <tmp>/recsys-spark-<uid>. Not used when spark.local.dir or
+    #: SPARK_LOCAL_DIRS is set, nor on a cluster (its workers have their own).
+    scratch_dir: str = ""
 
     def __post_init__(self) -> None:
         _Check("spark", self).at_least(1, "shuffle_partitions").one_of(

@@ -38,14 +38,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from recsys import artifacts, io
 from recsys.config import Config, dump_toml
+from recsys.spark import ScratchDir, local_master
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -138,10 +139,10 @@ def model_age_hours(root: str) -> float | None:
 class Runner:
     """Runs the stage commands, streaming their output into the run's log file."""
 
-    def __init__(self, log: IO[str], lock_fd: int | None,
+    def __init__(self, log: IO[str], pass_fds: tuple[int, ...] = (),
                  echo: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
         self.log = log
-        self.lock_fd = lock_fd
+        self.pass_fds = pass_fds  # the lock and the scratch directory's: stages hold them too
         self.echo = echo
         self.child: subprocess.Popen | None = None
 
@@ -158,7 +159,7 @@ class Runner:
         self.child = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace", start_new_session=True,
-            pass_fds=(self.lock_fd,) if self.lock_fd is not None else ())
+            pass_fds=self.pass_fds)
         assert self.child.stdout is not None
         for line in self.child.stdout:
             self.log.write(line)
@@ -184,6 +185,28 @@ class Runner:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+@contextmanager
+def _scratch(config: Config) -> Iterator[ScratchDir]:
+    """The run's own directory for its configuration and its stages' Spark scratch,
+    removed when the run ends; a run killed outright leaves it to the next job's sweep."""
+    scratch = ScratchDir(config.spark)
+    try:
+        yield scratch
+    finally:
+        scratch.remove()
+
+
+def _stage_master(config: Config) -> str:
+    """The master the Spark stages run on: ``nightly.spark_submit_args``' or ``spark.master``."""
+    args = shlex.split(config.nightly.spark_submit_args)
+    for i, arg in enumerate(args):
+        if arg == "--master" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--master="):
+            return arg.split("=", 1)[1]
+    return config.spark.master
 
 
 def _stage_env() -> dict[str, str]:
@@ -272,8 +295,9 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
     with Lock(lock_path) as lock, open(log_file, "a", encoding="utf-8") as log, \
-            tempfile.TemporaryDirectory(prefix="recsys-nightly-") as workdir:
-        runner = Runner(log, lock.fd, echo)
+            _scratch(config) as scratch:
+        assert lock.fd is not None and scratch.fd is not None
+        runner = Runner(log, (lock.fd, scratch.fd), echo)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -285,20 +309,22 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
             signal.signal(s, on_signal)
         try:
             return _run_stages(config, runner, run_id, run_date, root, force_train, log_file,
-                               workdir)
+                               scratch.path)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
 
 def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root: str,
-                force_train: bool, log_file: str, workdir: str) -> NightlyResult:
+                force_train: bool, log_file: str, scratch: str) -> NightlyResult:
     n = config.nightly
-    conf_file = os.path.join(workdir, "config.toml")
+    conf_file = os.path.join(scratch, "config.toml")
     with open(conf_file, "w", encoding="utf-8") as fh:
         fh.write(dump_toml(config.replace(artifact_root=root)))
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
+    if local_master(_stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
+        env["SPARK_LOCAL_DIRS"] = scratch  # every stage's Spark scratch, removed at the end
     results: list[StageResult] = []
     exit_code = 0
     runner.note(f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}")

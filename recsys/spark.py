@@ -9,17 +9,21 @@ get ``TF_USE_LEGACY_KERAS=1``.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Mapping
 
-from recsys.config import SparkConfig
+from recsys.config import ConfigError, SparkConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+log = logging.getLogger(__name__)
 _WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -30,6 +34,117 @@ def hive_resources_dir(config: SparkConfig) -> str:
     if config.metastore_dir:
         return os.path.join(os.path.abspath(config.metastore_dir), "hive-resources")
     return os.path.join(tempfile.gettempdir(), f"recsys-hive-resources-{os.getuid()}")
+
+
+def scratch_root(config: SparkConfig) -> str:
+    """Where each local driver process (or nightly run) gets its own Spark scratch."""
+    return os.path.abspath(config.scratch_dir) if config.scratch_dir else \
+        os.path.join(tempfile.gettempdir(), f"recsys-spark-{os.getuid()}")
+
+
+_SCRATCH = re.compile(r"^(\d+)-[a-z0-9_]{8}$")  # <owner pid>-<mkdtemp's random suffix>
+_OWNER = ".owner"  # flocked by the owner, and by the processes it hands the descriptor to
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_scratch(root: str) -> list[str]:
+    """Remove the scratch directories under ``root`` that nobody owns any more. Spark
+    deletes its own shuffle files when its JVM exits, but not when it is killed (SIGKILL,
+    the OOM killer): a full-scale preprocess killed after 75 s left 493 MB in ``/tmp``.
+    A directory is in use while its owner process lives or while any process holds the
+    lock on its ``.owner`` file (a nightly's stages inherit it, and outlive a nightly
+    killed alone)."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        owner = _SCRATCH.match(name)
+        if not owner or _alive(int(owner.group(1))):
+            continue
+        path = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(path, _OWNER), os.O_RDWR)
+        except FileNotFoundError:
+            fd = None  # its owner died before it took the lock
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: still in use
+        finally:
+            if fd is not None:
+                os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+class ScratchDir:
+    """A Spark scratch directory (``spark.local.dir`` / ``SPARK_LOCAL_DIRS``) owned by this
+    process: made under :func:`scratch_root` after the directories that killed jobs left
+    there are swept away, and locked through ``fd`` (inheritable: pass it to the processes
+    that use the directory) for as long as it is open."""
+
+    def __init__(self, config: SparkConfig) -> None:
+        root = scratch_root(config)
+        try:
+            os.makedirs(root, exist_ok=True)
+            self.path = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
+        except OSError as exc:
+            raise ConfigError(f"spark.scratch_dir: cannot make a directory under {root} "
+                              f"({exc.strerror or exc})") from None
+        swept = sweep_scratch(root)
+        if swept:
+            log.info("removed the Spark scratch of %d killed job(s) under %s", len(swept), root)
+        self.fd: int | None = os.open(os.path.join(self.path, _OWNER), os.O_RDWR | os.O_CREAT,
+                                      0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.set_inheritable(self.fd, True)
+
+    def remove(self) -> None:
+        """Delete the directory; only once every process that used it has exited."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def local_master(master: str) -> bool:
+    return master == "local" or master.startswith("local[")
+
+
+def _use_scratch(builder, config: SparkConfig, existing) -> None:
+    """Local masters: this driver's Spark scratch in a directory of its own, where the next
+    job can tell a killed job's leftovers from a running job's. Settings given by the user
+    (``SPARK_LOCAL_DIRS``, ``spark.local.dir``) and clusters (their workers have their own
+    directories) are left alone."""
+    from pyspark import SparkContext
+
+    master = existing.get("spark.master", config.master) if existing else config.master
+    if not local_master(master) or SparkContext._active_spark_context is not None or \
+            "SPARK_LOCAL_DIRS" in os.environ or \
+            (existing is not None and existing.contains("spark.local.dir")):
+        return
+    scratch = ScratchDir(config)  # held until this process exits
+    if existing is None:
+        # the JVM about to be started inherits it (spark.local.dir would make Spark warn
+        # that a cluster manager may override it)
+        os.environ["SPARK_LOCAL_DIRS"] = scratch.path
+    else:  # spark-submit started the JVM already: only its conf can still say it
+        builder.config("spark.local.dir", scratch.path)
 
 
 def embedded_metastore(spark: "SparkSession") -> str | None:
@@ -134,6 +249,7 @@ def build_session(
         # Under spark-submit the user's --conf spark.pyspark.python / PYSPARK_PYTHON decide
         # (e.g. a venv shipped with --archives); here the driver's own interpreter is used.
         set_default("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+    _use_scratch(builder, config, existing)
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():
         set_default(f"spark.executorEnv.{key}", value)

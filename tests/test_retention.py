@@ -175,7 +175,7 @@ def test_the_nightly_notes_a_pruning_that_failed_and_keeps_the_night_good(histor
     root, logs = history
     io.write_text(io.join(artifacts.resolve(root, "score"), artifacts.MANIFEST), "not json")
     lines: list[str] = []
-    runner = Runner(StringIO(), None, echo=lines.append)
+    runner = Runner(StringIO(), echo=lines.append)
     config = Config(nightly=NightlyConfig(keep_runs=1, log_dir=str(logs)))
     out = _prune(config, io.normalize_uri(root), runner, rid(30))
     assert set(out) == {"error"} and any("retention: could not prune" in ln for ln in lines)

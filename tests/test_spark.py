@@ -1,9 +1,15 @@
-"""build_session with the persistent Hive catalog: what a job leaves on the driver's disk."""
+"""build_session: what a job leaves on the driver's disk (the Hive catalog's files, Spark's
+scratch), and who holds the embedded metastore."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 SESSION = """
 import sys
@@ -64,3 +70,79 @@ def test_the_process_holding_a_derby_database_is_found_without_locking_it(tmp_pa
     finally:
         holder.communicate(input="", timeout=30)
     assert derby_holder(str(db)) is None
+
+
+FLOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a nightly and the stages it starts
+print("LOCKED", flush=True)
+sys.stdin.read()
+"""
+
+SHUFFLE = """
+import sys, time
+from recsys.config import SparkConfig
+from recsys.spark import build_session
+spark = build_session("scratch", SparkConfig(scratch_dir=sys.argv[1], hive_catalog=False))
+n = spark.range(100000).selectExpr("id % 97 AS k").groupBy("k").count().count()
+print("SHUFFLED", n, flush=True)
+if sys.argv[2] == "hang":
+    time.sleep(600)
+spark.stop()
+"""
+
+
+def test_a_killed_jobs_spark_scratch_is_removed_by_the_next_job_and_no_one_elses(
+        tmp_path, job_env):
+    """Spark deletes its shuffle files when its JVM exits, not when it is killed: each
+    driver gets its own directory under spark.scratch_dir, and the next job removes those
+    whose owner is gone."""
+    root = tmp_path / "scratch"
+    killed = subprocess.Popen([sys.executable, "-c", SHUFFLE, str(root), "hang"], env=job_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    try:
+        assert killed.stdout is not None and killed.stdout.readline().startswith("SHUFFLED 97")
+        shuffle = list(root.glob(f"{killed.pid}-*/blockmgr-*/*/shuffle_*"))
+        assert shuffle, list(root.rglob("*"))  # the job's shuffle files are in its directory
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # driver and JVM, as the OOM killer might
+        killed.wait(timeout=60)
+    left = shuffle[0].parent.parent.parent
+    assert left.is_dir()  # what Spark itself never cleans up
+    # not swept: a directory whose owner lives, one whose lock an orphan still holds (a
+    # nightly's stage outliving its nightly), one not named as ours
+    alive = root / f"{os.getpid()}-abcdefgh"
+    orphaned = root / f"{killed.pid}-ijklmnop"  # its owner is gone, as above
+    foreign = root / "notes"
+    for d in (alive, orphaned, foreign):
+        d.mkdir()
+    (orphaned / ".owner").touch()
+    holder = subprocess.Popen([sys.executable, "-c", FLOCK, str(orphaned / ".owner")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "LOCKED"
+        out = subprocess.run([sys.executable, "-c", SHUFFLE, str(root), "stop"], env=job_env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "SHUFFLED 97" in out.stdout, out.stderr[-3000:]
+    finally:
+        holder.communicate(input="", timeout=30)
+    assert not left.exists()
+    assert alive.is_dir() and orphaned.is_dir() and foreign.is_dir()
+    # and the finished job's own directory, which the job after it removes
+    assert len([d for d in root.iterdir() if d not in (alive, orphaned, foreign)]) == 1
+
+
+def test_a_scratch_dir_that_cannot_be_made_is_a_configuration_error(tmp_path):
+    from recsys.config import ConfigError, SparkConfig
+    from recsys.spark import ScratchDir
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=r"spark.scratch_dir: cannot make a directory under "
+                                          r".*a-file/x \(Not a directory\)"):
+        ScratchDir(SparkConfig(scratch_dir=str(tmp_path / "a-file" / "x")))
+    made = ScratchDir(SparkConfig(scratch_dir=str(tmp_path / "ok")))
+    assert Path(made.path).parent == tmp_path / "ok" and (Path(made.path) / ".owner").is_file()
+    made.remove()
+    assert list((tmp_path / "ok").iterdir()) == []

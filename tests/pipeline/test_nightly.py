@@ -33,6 +33,7 @@ def args(base: Path, run_date: str, *extra: str, source: Path = SMALL) -> list[s
             "--artifact-root", str(base / "artifacts"), "--input", str(source),
             "--run-date", run_date, "--set", f"nightly.log_dir={base / 'logs'}",
             "--set", f"spark.metastore_dir={base / 'metastore'}",
+            "--set", f"spark.scratch_dir={base / 'scratch'}",
             "--set", "spark.driver_memory=2g", "--set", "train.epochs=2",
             "--set", f"nightly.class_archive={base / 'jvm' / 'score.jsa'}", *extra]
 
@@ -80,6 +81,7 @@ def test_a_first_night_runs_every_stage_and_publishes(first_night):
     assert log.parent == base / "logs"
     text = log.read_text()
     assert "score_all_users: 610 users" in text and "preprocess: ok" in text  # stage output kept
+    assert list((base / "scratch").iterdir()) == []  # the run's scratch went with it
 
 
 def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_night):
@@ -193,9 +195,13 @@ def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_complet
             break
         time.sleep(0.2)
     assert proc.poll() is None, "".join(seen)[-3000:]
+    # the stage's Spark scratch is in the run's own directory, not in /tmp
+    assert [p.parent.parent.name for p in (base / "scratch").glob("*/blockmgr-*")] == \
+        ["scratch"], list((base / "scratch").rglob("*"))[:20]
     proc.send_signal(signal.SIGTERM)  # what cron / systemd send first
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-3000:]
+    assert list((base / "scratch").iterdir()) == []  # the stopped run removed its scratch
     assert snapshot(night(base, "2026-11-21")) == before
     assert pq.read_table(night(base, "2026-11-20")).num_rows == 610
     again = nightly(base, "2026-11-21", *LATER)
