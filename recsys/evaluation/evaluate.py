@@ -308,12 +308,13 @@ def _retrain(config: Config, preprocess_dir: str, corpus: Corpus, protocol: Prot
 
 
 def headline(results: dict[str, Any]) -> dict[str, str]:
-    """One line per protocol for the nightly summary: the model's first metric vs the
-    baselines'."""
+    """One line per protocol for the nightly summary: every model's figure on the
+    protocol's first compared metric (the quality goal's: Recall@20, HR@10, top-10
+    accuracy)."""
     lines = {}
     for proto in results["protocols"]:
         models = proto["models"]
-        metric = next(iter(next(iter(models.values()))))
+        metric = next(m[0] for prefix, m in COMPARED.items() if proto["name"].startswith(prefix))
         lines[proto["name"]] = ", ".join(f"{m} {v[metric]:.4f}" for m, v in models.items()) \
             + f" ({metric})"
     return lines

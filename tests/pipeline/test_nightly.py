@@ -118,6 +118,12 @@ def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_ni
             assert c["low"] <= c["difference"] <= c["high"]
     assert "95% paired bootstrap interval" in report and "| recall@20 | ALS |" in report
     assert "report " in done.stdout and "held-out users (test): two-tower" in done.stdout
+    # the summary gives each protocol's quality-goal metric, with the report's figures
+    random = by_name["random split"]
+    assert f"random split: two-tower (retrained on the 80%) " \
+           f"{random['two-tower (retrained on the 80%)']['top10_accuracy']:.4f}, most-popular " \
+           f"{random['most-popular']['top10_accuracy']:.4f}," in done.stdout
+    assert "(top10_accuracy)" in done.stdout and "(hr@10)" in done.stdout
 
 
 def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night):
