@@ -9,6 +9,7 @@ get ``TF_USE_LEGACY_KERAS=1``.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
@@ -99,52 +100,70 @@ class ScratchDir:
     that use the directory) for as long as it is open."""
 
     def __init__(self, config: SparkConfig) -> None:
-        root = scratch_root(config)
-        try:
-            os.makedirs(root, exist_ok=True)
-            self.path = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root)
-        except OSError as exc:
-            raise ConfigError(f"spark.scratch_dir: cannot make a directory under {root} "
-                              f"({exc.strerror or exc})") from None
-        swept = sweep_scratch(root)
+        self.root = scratch_root(config)
+        for attempt in range(3):
+            try:
+                os.makedirs(self.root, exist_ok=True)
+                self.path = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.root)
+                break
+            except FileNotFoundError:  # the root was just removed by a job that ended
+                if attempt == 2:
+                    raise
+            except OSError as exc:
+                raise ConfigError(f"spark.scratch_dir: cannot make a directory under "
+                                  f"{self.root} ({exc.strerror or exc})") from None
+        swept = sweep_scratch(self.root)
         if swept:
-            log.info("removed the Spark scratch of %d killed job(s) under %s", len(swept), root)
+            log.info("removed the Spark scratch of %d killed job(s) under %s", len(swept),
+                     self.root)
         self.fd: int | None = os.open(os.path.join(self.path, _OWNER), os.O_RDWR | os.O_CREAT,
                                       0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         os.set_inheritable(self.fd, True)
 
     def remove(self) -> None:
-        """Delete the directory; only once every process that used it has exited."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Delete the directory, and the root if nothing else is left in it; once no
+        process still writes there (a stopped SparkContext, the stages of a nightly)."""
+        if self.fd is None:
+            return
+        os.close(self.fd)
+        self.fd = None
         shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass  # another job's directory is there
 
 
 def local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
-def _use_scratch(builder, config: SparkConfig, existing) -> None:
-    """Local masters: this driver's Spark scratch in a directory of its own, where the next
-    job can tell a killed job's leftovers from a running job's. Settings given by the user
-    (``SPARK_LOCAL_DIRS``, ``spark.local.dir``) and clusters (their workers have their own
-    directories) are left alone."""
+def _use_scratch(builder, config: SparkConfig, existing) -> str | None:
+    """Local masters: this driver's Spark scratch in a directory of its own, removed when
+    this process exits, where the next job can tell a killed job's leftovers from a
+    running job's. Settings given by the user (``SPARK_LOCAL_DIRS``, ``spark.local.dir``)
+    and clusters (their workers have their own directories) are left alone.
+
+    Returns the directory when the JVM is still to be started, for its environment
+    (``spark.local.dir`` would make Spark warn that a cluster manager may override it);
+    under spark-submit the JVM runs already and only its conf can still say it."""
     from pyspark import SparkContext
 
     master = existing.get("spark.master", config.master) if existing else config.master
     if not local_master(master) or SparkContext._active_spark_context is not None or \
             "SPARK_LOCAL_DIRS" in os.environ or \
-            (existing is not None and existing.contains("spark.local.dir")):
-        return
-    scratch = ScratchDir(config)  # held until this process exits
+            (existing is not None and existing.contains("spark.local.dir")) or \
+            (existing is None and SparkContext._gateway is not None):  # our JVM has its own
+        return None
+    scratch = ScratchDir(config)
+    # After the job's spark.stop() (under spark-submit Spark's JVM exits after this
+    # process, and would only then delete its files).
+    atexit.register(scratch.remove)
     if existing is None:
-        # the JVM about to be started inherits it (spark.local.dir would make Spark warn
-        # that a cluster manager may override it)
-        os.environ["SPARK_LOCAL_DIRS"] = scratch.path
-    else:  # spark-submit started the JVM already: only its conf can still say it
-        builder.config("spark.local.dir", scratch.path)
+        return scratch.path
+    builder.config("spark.local.dir", scratch.path)
+    return None
 
 
 def embedded_metastore(spark: "SparkSession") -> str | None:
@@ -249,7 +268,7 @@ def build_session(
         # Under spark-submit the user's --conf spark.pyspark.python / PYSPARK_PYTHON decide
         # (e.g. a venv shipped with --archives); here the driver's own interpreter is used.
         set_default("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-    _use_scratch(builder, config, existing)
+    local_dirs = _use_scratch(builder, config, existing)
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():
         set_default(f"spark.executorEnv.{key}", value)
@@ -266,7 +285,13 @@ def build_session(
     for key, value in (extra or {}).items():
         builder.config(key, value)
 
-    spark = builder.getOrCreate()
+    if local_dirs:  # for the JVM started now only, not for processes this one starts later
+        os.environ["SPARK_LOCAL_DIRS"] = local_dirs
+    try:
+        spark = builder.getOrCreate()
+    finally:
+        if local_dirs:
+            del os.environ["SPARK_LOCAL_DIRS"]
     spark.sparkContext.setLogLevel(config.log_level)
     if config.hive_catalog and config.metastore_dir:
         # Derby writes derby.log into the working directory (cron's: the user's home) when
