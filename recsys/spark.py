@@ -83,21 +83,21 @@ def sweep_scratch(root: str) -> list[str]:
         try:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
         except OSError:
             continue  # held: still in use
         finally:
             if fd is not None:
                 os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
     return removed
 
 
 class ScratchDir:
     """A Spark scratch directory (``spark.local.dir`` / ``SPARK_LOCAL_DIRS``) owned by this
-    process: made under :func:`scratch_root` after the directories that killed jobs left
-    there are swept away, and locked through ``fd`` (inheritable: pass it to the processes
-    that use the directory) for as long as it is open."""
+    process, made under :func:`scratch_root` (sweeping away what killed jobs left there)
+    and locked through ``fd`` (inheritable: pass it to the processes that use the
+    directory) for as long as it is open."""
 
     def __init__(self, config: SparkConfig) -> None:
         self.root = scratch_root(config)
