@@ -198,15 +198,20 @@ def _scratch(config: Config) -> Iterator[ScratchDir]:
         scratch.remove()
 
 
-def _stage_master(config: Config) -> str:
-    """The master the Spark stages run on: ``nightly.spark_submit_args``' or ``spark.master``."""
-    args = shlex.split(config.nightly.spark_submit_args)
+def _given_master(args: list[str]) -> str | None:
+    """The ``--master X`` or ``--master=X`` among spark-submit arguments, if any."""
     for i, arg in enumerate(args):
         if arg == "--master" and i + 1 < len(args):
             return args[i + 1]
         if arg.startswith("--master="):
             return arg.split("=", 1)[1]
-    return config.spark.master
+    return None
+
+
+def stage_master(config: Config) -> str:
+    """The master the Spark stages run on: ``nightly.spark_submit_args``' ``--master``,
+    else ``spark.master``."""
+    return _given_master(shlex.split(config.nightly.spark_submit_args)) or config.spark.master
 
 
 def _stage_env() -> dict[str, str]:
@@ -225,7 +230,7 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
     spark_submit = n.spark_submit or str(Path(sys.executable).parent / "spark-submit")
     log4j = REPO / "conf" / "log4j2.properties"
     submit = [spark_submit, *shlex.split(n.spark_submit_args)]
-    if "--master" not in submit:
+    if _given_master(submit) is None:
         submit += ["--master", config.spark.master]
     if "--driver-memory" not in submit:
         submit += ["--driver-memory", config.spark.driver_memory]
@@ -323,7 +328,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         fh.write(dump_toml(config.replace(artifact_root=root)))
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
-    if local_master(_stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
+    if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
         env["SPARK_LOCAL_DIRS"] = scratch  # every stage's Spark scratch, removed at the end
     results: list[StageResult] = []
     exit_code = 0

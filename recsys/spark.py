@@ -139,31 +139,25 @@ def local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
-def _use_scratch(builder, config: SparkConfig, existing) -> str | None:
-    """Local masters: this driver's Spark scratch in a directory of its own, removed when
-    this process exits, where the next job can tell a killed job's leftovers from a
-    running job's. Settings given by the user (``SPARK_LOCAL_DIRS``, ``spark.local.dir``)
-    and clusters (their workers have their own directories) are left alone.
-
-    Returns the directory when the JVM is still to be started, for its environment
-    (``spark.local.dir`` would make Spark warn that a cluster manager may override it);
-    under spark-submit the JVM runs already and only its conf can still say it."""
+def _own_scratch(config: SparkConfig, existing) -> str | None:
+    """Local masters: a Spark scratch directory of this driver's own, removed when this
+    process exits, where the next job can tell a killed job's leftovers from a running
+    job's. None where settings given by the user (``SPARK_LOCAL_DIRS``,
+    ``spark.local.dir``) or a cluster (its workers have their own directories) decide, or
+    where this process's JVM has its directories already."""
     from pyspark import SparkContext
 
     master = existing.get("spark.master", config.master) if existing else config.master
     if not local_master(master) or SparkContext._active_spark_context is not None or \
             "SPARK_LOCAL_DIRS" in os.environ or \
             (existing is not None and existing.contains("spark.local.dir")) or \
-            (existing is None and SparkContext._gateway is not None):  # our JVM has its own
+            (existing is None and SparkContext._gateway is not None):
         return None
     scratch = ScratchDir(config)
     # After the job's spark.stop() (under spark-submit Spark's JVM exits after this
     # process, and would only then delete its files).
     atexit.register(scratch.remove)
-    if existing is None:
-        return scratch.path
-    builder.config("spark.local.dir", scratch.path)
-    return None
+    return scratch.path
 
 
 def embedded_metastore(spark: "SparkSession") -> str | None:
@@ -268,7 +262,10 @@ def build_session(
         # Under spark-submit the user's --conf spark.pyspark.python / PYSPARK_PYTHON decide
         # (e.g. a venv shipped with --archives); here the driver's own interpreter is used.
         set_default("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-    local_dirs = _use_scratch(builder, config, existing)
+    scratch = _own_scratch(config, existing)
+    if scratch and existing is not None:
+        # spark-submit started the JVM already: only its conf can still say it
+        builder.config("spark.local.dir", scratch)
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():
         set_default(f"spark.executorEnv.{key}", value)
@@ -285,12 +282,15 @@ def build_session(
     for key, value in (extra or {}).items():
         builder.config(key, value)
 
-    if local_dirs:  # for the JVM started now only, not for processes this one starts later
-        os.environ["SPARK_LOCAL_DIRS"] = local_dirs
+    # The JVM started now learns it from its environment (spark.local.dir would make Spark
+    # warn that a cluster manager may override it); processes started later must not.
+    to_jvm = bool(scratch) and existing is None
+    if to_jvm:
+        os.environ["SPARK_LOCAL_DIRS"] = scratch
     try:
         spark = builder.getOrCreate()
     finally:
-        if local_dirs:
+        if to_jvm:
             del os.environ["SPARK_LOCAL_DIRS"]
     spark.sparkContext.setLogLevel(config.log_level)
     if config.hive_catalog and config.metastore_dir:

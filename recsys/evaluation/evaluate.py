@@ -95,8 +95,8 @@ def protocol_metrics(protocol: Protocol, top: np.ndarray, popular: np.ndarray,
     return out
 
 
-def compared_metrics(protocol: Protocol) -> tuple[str, ...]:
-    return next(m for prefix, m in COMPARED.items() if protocol.name.startswith(prefix))
+def compared_metrics(protocol_name: str) -> tuple[str, ...]:
+    return next(m for prefix, m in COMPARED.items() if protocol_name.startswith(prefix))
 
 
 def comparisons(protocol: Protocol, tops: dict[str, np.ndarray], *,
@@ -108,7 +108,7 @@ def comparisons(protocol: Protocol, tops: dict[str, np.ndarray], *,
     parts = {name: hits_matrix(top, protocol.truth) for name, top in tops.items()}
     first, *others = parts
     out = []
-    for metric in compared_metrics(protocol):
+    for metric in compared_metrics(protocol.name):
         mine = per_user(parts[first], n_rel, metric)
         for other in others:
             diff, low, high = paired_bootstrap(mine, per_user(parts[other], n_rel, metric),
@@ -314,7 +314,7 @@ def headline(results: dict[str, Any]) -> dict[str, str]:
     lines = {}
     for proto in results["protocols"]:
         models = proto["models"]
-        metric = next(m[0] for prefix, m in COMPARED.items() if proto["name"].startswith(prefix))
+        metric = compared_metrics(proto["name"])[0]
         lines[proto["name"]] = ", ".join(f"{m} {v[metric]:.4f}" for m, v in models.items()) \
             + f" ({metric})"
     return lines

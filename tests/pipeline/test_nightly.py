@@ -241,3 +241,20 @@ def test_the_score_stage_writes_the_class_archive_once_then_maps_it(tmp_path):
     own = Config(nightly=NightlyConfig(spark_submit_args="--driver-java-options -Dx=1",
                                        class_archive=str(archive)))
     assert set(java_options(own).values()) - {""} == {"-Dx=1"}
+
+
+def test_the_spark_stages_run_on_the_users_master_given_either_way():
+    from recsys.config import Config, NightlyConfig, SparkConfig
+    from recsys.nightly import stage_commands, stage_master
+
+    def masters(args: str) -> tuple[str, list[list[str]]]:
+        config = Config(nightly=NightlyConfig(spark_submit_args=args),
+                        spark=SparkConfig(master="local[2]"))
+        commands = stage_commands(config, "c.toml", "2026-11-20", "r1")
+        return stage_master(config), [[a for a in commands[s] if "master" in a or
+                                       a in ("yarn", "local[2]")] for s in ("preprocess", "score")]
+
+    assert masters("") == ("local[2]", [["--master", "local[2]"]] * 2)
+    assert masters("--master yarn") == ("yarn", [["--master", "yarn"]] * 2)
+    # not a second --master after the user's (spark-submit would take the last one)
+    assert masters("--master=yarn") == ("yarn", [["--master=yarn"]] * 2)
