@@ -46,7 +46,7 @@ from typing import IO, Any, Callable, Iterator
 
 from recsys import artifacts, io
 from recsys.config import Config, dump_toml
-from recsys.spark import ScratchDir, local_master
+from recsys.spark import ScratchDir, local_master, scratch_env
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -329,7 +329,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
     if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
-        env["SPARK_LOCAL_DIRS"] = scratch  # every stage's Spark scratch, removed at the end
+        env.update(scratch_env(scratch, env))  # every stage's Spark files, removed at the end
     results: list[StageResult] = []
     exit_code = 0
     runner.note(f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}")

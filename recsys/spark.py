@@ -135,6 +135,31 @@ class ScratchDir:
             pass  # another job's directory is there
 
 
+#: Where a user may have set the JVM's temporary directory already (then it is theirs).
+_JAVA_OPTION_VARS = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
+
+
+def java_tmpdir_set(env: Mapping[str, str], driver_java_options: str = "") -> bool:
+    """Whether the user chose the driver JVM's ``java.io.tmpdir`` (in the environment or
+    ``spark.driver.extraJavaOptions``)."""
+    return any("-Djava.io.tmpdir=" in v
+               for v in [*(env.get(k, "") for k in _JAVA_OPTION_VARS), driver_java_options])
+
+
+def scratch_env(scratch: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment entries that keep a Spark driver JVM about to start (a local
+    master's, whose executors it runs) inside ``scratch``: its shuffle and spill files
+    (``SPARK_LOCAL_DIRS``) and, unless the user chose it, its Java temporary directory
+    (``SPARK_SUBMIT_OPTS``, read by spark-submit). There the JVM unpacks the lz4 and
+    snappy native libraries and makes Spark's ``spark-*`` and ``artifacts-*``
+    directories: about 430 KB that a killed JVM used to leave in ``/tmp`` for good."""
+    out = {"SPARK_LOCAL_DIRS": scratch}
+    if not java_tmpdir_set(env):
+        opts = env.get("SPARK_SUBMIT_OPTS", "")
+        out["SPARK_SUBMIT_OPTS"] = f"{opts} -Djava.io.tmpdir={scratch}".strip()
+    return out
+
+
 def local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
@@ -264,8 +289,12 @@ def build_session(
         set_default("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     scratch = _own_scratch(config, existing)
     if scratch and existing is not None:
-        # spark-submit started the JVM already: only its conf can still say it
+        # spark-submit started the JVM already: only its conf can still say where its
+        # shuffle goes, and its temporary directory is read when first used (by the
+        # SparkContext and the native libraries it loads, which start after this).
         builder.config("spark.local.dir", scratch)
+        if not java_tmpdir_set(os.environ, existing.get("spark.driver.extraJavaOptions", "")):
+            SparkContext._jvm.java.lang.System.setProperty("java.io.tmpdir", scratch)
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():
         set_default(f"spark.executorEnv.{key}", value)
@@ -284,14 +313,17 @@ def build_session(
 
     # The JVM started now learns it from its environment (spark.local.dir would make Spark
     # warn that a cluster manager may override it); processes started later must not.
-    to_jvm = bool(scratch) and existing is None
-    if to_jvm:
-        os.environ["SPARK_LOCAL_DIRS"] = scratch
+    to_jvm = scratch_env(scratch, os.environ) if scratch and existing is None else {}
+    saved = {key: os.environ.get(key) for key in to_jvm}
+    os.environ.update(to_jvm)
     try:
         spark = builder.getOrCreate()
     finally:
-        if to_jvm:
-            del os.environ["SPARK_LOCAL_DIRS"]
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
     spark.sparkContext.setLogLevel(config.log_level)
     if config.hive_catalog and config.metastore_dir:
         # Derby writes derby.log into the working directory (cron's: the user's home) when

@@ -95,9 +95,9 @@ spark.stop()
 
 def test_a_killed_jobs_spark_scratch_is_removed_by_the_next_job_and_no_one_elses(
         tmp_path, job_env):
-    """Spark deletes its shuffle files when its JVM exits, not when it is killed: each
-    driver gets its own directory under spark.scratch_dir, and the next job removes those
-    whose owner is gone."""
+    """Spark deletes its shuffle files (and the JVM its temporary files) when its JVM
+    exits, not when it is killed: each driver gets its own directory under
+    spark.scratch_dir, and the next job removes those whose owner is gone."""
     root = tmp_path / "scratch"
     killed = subprocess.Popen([sys.executable, "-c", SHUFFLE, str(root), "hang"], env=job_env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -106,6 +106,11 @@ def test_a_killed_jobs_spark_scratch_is_removed_by_the_next_job_and_no_one_elses
         assert killed.stdout is not None and killed.stdout.readline().startswith("SHUFFLED 97")
         shuffle = list(root.glob(f"{killed.pid}-*/blockmgr-*/*/shuffle_*"))
         assert shuffle, list(root.rglob("*"))  # the job's shuffle files are in its directory
+        # and so is the JVM's temporary directory: the native library it unpacked for the
+        # shuffle's compression, Spark's own spark-* directory
+        own = shuffle[0].parent.parent.parent
+        assert list(own.glob("liblz4-java-*.so")) and list(own.glob("spark-*")), \
+            sorted(p.name for p in own.iterdir())
     finally:
         os.killpg(killed.pid, signal.SIGKILL)  # driver and JVM, as the OOM killer might
         killed.wait(timeout=60)
@@ -161,3 +166,22 @@ def test_the_sessions_scratch_directory_is_its_own_not_its_childrens(spark):
     assert scratch.name.startswith(f"{os.getpid()}-") and (scratch / ".owner").is_file()
     assert any(scratch.glob("blockmgr-*"))
     assert "SPARK_LOCAL_DIRS" not in os.environ
+    system = spark.sparkContext._jvm.java.lang.System
+    assert system.getProperty("java.io.tmpdir") == str(scratch)
+    assert "java.io.tmpdir" not in os.environ.get("SPARK_SUBMIT_OPTS", "")
+
+
+def test_the_jvm_temporary_directory_goes_to_the_scratch_unless_the_user_chose_one():
+    from recsys.spark import java_tmpdir_set, scratch_env
+
+    assert scratch_env("/s", {}) == {"SPARK_LOCAL_DIRS": "/s",
+                                     "SPARK_SUBMIT_OPTS": "-Djava.io.tmpdir=/s"}
+    # the user's own spark-submit options are kept, ours added after them
+    assert scratch_env("/s", {"SPARK_SUBMIT_OPTS": "-Dx=1"})["SPARK_SUBMIT_OPTS"] == \
+        "-Dx=1 -Djava.io.tmpdir=/s"
+    for var in ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS"):
+        env = {var: "-Xss4m -Djava.io.tmpdir=/big"}
+        assert java_tmpdir_set(env)
+        assert scratch_env("/s", env) == {"SPARK_LOCAL_DIRS": "/s"}
+    assert java_tmpdir_set({}, "-Djava.io.tmpdir=/big -Dy=2")
+    assert not java_tmpdir_set({"JAVA_TOOL_OPTIONS": "-Xss4m"}, "-Dy=2")

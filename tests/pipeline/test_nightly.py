@@ -204,6 +204,8 @@ def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_complet
     # the stage's Spark scratch is in the run's own directory, not in /tmp
     assert [p.parent.parent.name for p in (base / "scratch").glob("*/blockmgr-*")] == \
         ["scratch"], list((base / "scratch").rglob("*"))[:20]
+    # so are the files its JVM makes in its temporary directory (Spark's spark-* ones)
+    assert list((base / "scratch").glob("*/spark-*")), list((base / "scratch").glob("*/*"))
     proc.send_signal(signal.SIGTERM)  # what cron / systemd send first
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-3000:]
