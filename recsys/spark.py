@@ -156,7 +156,10 @@ def scratch_env(scratch: str, env: Mapping[str, str]) -> dict[str, str]:
     out = {"SPARK_LOCAL_DIRS": scratch}
     if not java_tmpdir_set(env):
         opts = env.get("SPARK_SUBMIT_OPTS", "")
-        out["SPARK_SUBMIT_OPTS"] = f"{opts} -Djava.io.tmpdir={scratch}".strip()
+        option = f"-Djava.io.tmpdir={scratch}"
+        if any(c.isspace() or c in "'\"\\" for c in scratch):  # the launcher splits on spaces
+            option = '"' + option.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out["SPARK_SUBMIT_OPTS"] = f"{opts} {option}".strip()
     return out
 
 

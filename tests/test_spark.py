@@ -185,3 +185,25 @@ def test_the_jvm_temporary_directory_goes_to_the_scratch_unless_the_user_chose_o
         assert scratch_env("/s", env) == {"SPARK_LOCAL_DIRS": "/s"}
     assert java_tmpdir_set({}, "-Djava.io.tmpdir=/big -Dy=2")
     assert not java_tmpdir_set({"JAVA_TOOL_OPTIONS": "-Xss4m"}, "-Dy=2")
+
+
+TMPDIR = """
+import sys
+from recsys.config import SparkConfig
+from recsys.spark import build_session
+spark = build_session("tmpdir", SparkConfig(scratch_dir=sys.argv[1], hive_catalog=False))
+print("TMPDIR", spark.sparkContext._jvm.java.lang.System.getProperty("java.io.tmpdir"))
+print("ROWS", spark.range(1000).selectExpr("id % 7 AS k").groupBy("k").count().count())
+spark.stop()
+"""
+
+
+def test_a_scratch_dir_with_spaces_and_quotes_reaches_the_jvm_whole(tmp_path, job_env):
+    """spark-submit splits SPARK_SUBMIT_OPTS on spaces unless quoted."""
+    root = tmp_path / "my dir" / 'it\'s "q"'
+    out = subprocess.run([sys.executable, "-c", TMPDIR, str(root)], env=job_env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ROWS 7" in out.stdout, out.stderr[-3000:]
+    tmpdir = Path(out.stdout.split("TMPDIR ", 1)[1].splitlines()[0])
+    assert tmpdir.parent == root
+    assert not root.exists()  # removed as the job ended
