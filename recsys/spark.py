@@ -101,6 +101,9 @@ class ScratchDir:
 
     def __init__(self, config: SparkConfig) -> None:
         self.root = scratch_root(config)
+        if "," in self.root:
+            raise ConfigError(f"spark.scratch_dir: {self.root} has a comma, and Spark reads its "
+                              "local directories as a comma-separated list; choose another")
         for attempt in range(3):
             try:
                 os.makedirs(self.root, exist_ok=True)

@@ -147,6 +147,10 @@ def test_a_scratch_dir_that_cannot_be_made_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigError, match=r"spark.scratch_dir: cannot make a directory under "
                                           r".*a-file/x \(Not a directory\)"):
         ScratchDir(SparkConfig(scratch_dir=str(tmp_path / "a-file" / "x")))
+    with pytest.raises(ConfigError, match=r"spark.scratch_dir: .*a,b has a comma, and Spark "
+                                          r"reads its local directories as a comma-separated"):
+        ScratchDir(SparkConfig(scratch_dir=str(tmp_path / "a,b")))
+    assert not (tmp_path / "a,b").exists()
     made = ScratchDir(SparkConfig(scratch_dir=str(tmp_path / "ok")))
     assert Path(made.path).parent == tmp_path / "ok" and (Path(made.path) / ".owner").is_file()
     made.remove()
