@@ -85,6 +85,7 @@ import sys, time
 from recsys.config import SparkConfig
 from recsys.spark import build_session
 spark = build_session("scratch", SparkConfig(scratch_dir=sys.argv[1], hive_catalog=False))
+print("TMPDIR", spark.sparkContext._jvm.java.lang.System.getProperty("java.io.tmpdir"))
 n = spark.range(100000).selectExpr("id % 97 AS k").groupBy("k").count().count()
 print("SHUFFLED", n, flush=True)
 if sys.argv[2] == "hang":
@@ -103,7 +104,8 @@ def test_a_killed_jobs_spark_scratch_is_removed_by_the_next_job_and_no_one_elses
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               start_new_session=True)
     try:
-        assert killed.stdout is not None and killed.stdout.readline().startswith("SHUFFLED 97")
+        assert killed.stdout is not None and killed.stdout.readline().startswith("TMPDIR")
+        assert killed.stdout.readline().startswith("SHUFFLED 97")
         shuffle = list(root.glob(f"{killed.pid}-*/blockmgr-*/*/shuffle_*"))
         assert shuffle, list(root.rglob("*"))  # the job's shuffle files are in its directory
         # and so is the JVM's temporary directory: the native library it unpacked for the
@@ -191,23 +193,12 @@ def test_the_jvm_temporary_directory_goes_to_the_scratch_unless_the_user_chose_o
     assert not java_tmpdir_set({"JAVA_TOOL_OPTIONS": "-Xss4m"}, "-Dy=2")
 
 
-TMPDIR = """
-import sys
-from recsys.config import SparkConfig
-from recsys.spark import build_session
-spark = build_session("tmpdir", SparkConfig(scratch_dir=sys.argv[1], hive_catalog=False))
-print("TMPDIR", spark.sparkContext._jvm.java.lang.System.getProperty("java.io.tmpdir"))
-print("ROWS", spark.range(1000).selectExpr("id % 7 AS k").groupBy("k").count().count())
-spark.stop()
-"""
-
-
 def test_a_scratch_dir_with_spaces_and_quotes_reaches_the_jvm_whole(tmp_path, job_env):
     """spark-submit splits SPARK_SUBMIT_OPTS on spaces unless quoted."""
     root = tmp_path / "my dir" / 'it\'s "q"'
-    out = subprocess.run([sys.executable, "-c", TMPDIR, str(root)], env=job_env,
+    out = subprocess.run([sys.executable, "-c", SHUFFLE, str(root), "stop"], env=job_env,
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "ROWS 7" in out.stdout, out.stderr[-3000:]
+    assert out.returncode == 0 and "SHUFFLED 97" in out.stdout, out.stderr[-3000:]
     tmpdir = Path(out.stdout.split("TMPDIR ", 1)[1].splitlines()[0])
     assert tmpdir.parent == root
     assert not root.exists()  # removed as the job ended
