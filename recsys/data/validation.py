@@ -13,6 +13,7 @@ bad_rating             rating is not a number
 rating_out_of_range    rating outside 0.5 .. 5.0
 rating_not_half_star   rating is not a multiple of 0.5
 bad_timestamp          timestamp is not an integer (Unix seconds)
+timestamp_out_of_range timestamp before 1970 or after the run's start (plus a day of skew)
 bad_relevance          genome relevance is not a number in [0, 1]
 missing_title          empty movie title
 missing_tag            empty tag text
@@ -39,7 +40,8 @@ _NUM_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 REASONS = (
     "wrong_field_count", "bad_user_id", "bad_movie_id", "bad_tag_id", "bad_rating",
-    "rating_out_of_range", "rating_not_half_star", "bad_timestamp", "bad_relevance",
+    "rating_out_of_range", "rating_not_half_star", "bad_timestamp", "timestamp_out_of_range",
+    "bad_relevance",
     "missing_title", "missing_tag", "duplicate_pair", "duplicate_movie_id", "unknown_movie",
 )
 
@@ -112,8 +114,13 @@ _FIELDS: dict[str, tuple[_Field, ...]] = {
 }
 
 
-def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
-    """Typed canonical columns + ``reason`` + ``record`` for one raw table."""
+def tag_rows(raw: DataFrame, spec: TableSpec, *, latest_timestamp: int | None = None) -> DataFrame:
+    """Typed canonical columns + ``reason`` + ``record`` for one raw table.
+
+    ``latest_timestamp``: Unix seconds after which a timestamp cannot be real (a rating
+    from the future, or one written in milliseconds); such rows, and those before 1970,
+    are ``timestamp_out_of_range``. None: only the lower bound is checked.
+    """
     columns = list(spec.columns)
     if spec.name == "movies" and "g0" in spec.columns:  # ml-100k u.item: genre flags
         flags = [F.when(F.col(f"g{i}") == "1", F.lit(g)) for i, g in enumerate(GENRES_100K)]
@@ -154,6 +161,10 @@ def tag_rows(raw: DataFrame, spec: TableSpec) -> DataFrame:
         reason = reason.when((rating < 0.5) | (rating > 5.0), F.lit("rating_out_of_range")).when(
             rating * 2 != F.round(rating * 2), F.lit("rating_not_half_star")
         )
+    if any(f.kind == "timestamp" for f in fields):
+        ts = F.col("timestamp")
+        outside = ts < 0 if latest_timestamp is None else (ts < 0) | (ts > latest_timestamp)
+        reason = reason.when(outside, F.lit("timestamp_out_of_range"))
     if spec.name == "genome_scores":
         rel = F.col("relevance")
         reason = reason.when((rel < 0.0) | (rel > 1.0), F.lit("bad_relevance"))

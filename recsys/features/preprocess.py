@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,7 @@ from recsys.features.movies import (
 
 log = logging.getLogger(__name__)
 STAGE = "preprocess"
+LATEST_TIMESTAMP_SLACK_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,11 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
     with manifest.timed("open_release"):
         release = open_release(config.data.input, work_uri=root, layout=config.data.layout)
     encoding = release.layout.encoding if config.data.encoding == "auto" else config.data.encoding
+    # A rating cannot be from after this run (a day's slack for clocks): later
+    # timestamps are corrupt, e.g. written in milliseconds.
+    latest = int(time.time()) + LATEST_TIMESTAMP_SLACK_S
     manifest["inputs"] = {"source": release.source, "layout": release.layout.name,
-                          "encoding": encoding}
+                          "encoding": encoding, "latest_timestamp": latest}
     log.info("preprocess %s: %s release at %s", manifest["run_id"], release.layout.name,
              release.directory)
 
@@ -163,7 +168,8 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         uri = release.file(table)
         if uri is None:
             return None
-        df = tag_rows(read_raw(spark, uri, spec(table), encoding), spec(table))
+        df = tag_rows(read_raw(spark, uri, spec(table), encoding), spec(table),
+                      latest_timestamp=latest)
         return mark_unknown_movies(df, movies) if "movie_id" in df.columns and table != "movies" else df
 
     spec = release.layout.table

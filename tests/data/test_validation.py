@@ -3,6 +3,8 @@ manifest, or fails the run with a clear message."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from recsys import artifacts, io
@@ -40,6 +42,8 @@ BAD_ROWS = [
     ("3,1,3.25,1000", "rating_not_half_star"),
     ("3,1,4.0,2019-01-01", "bad_timestamp"),
     ("3,1,4.0,1000.5", "bad_timestamp"),
+    ("3,2,4.0,-5", "timestamp_out_of_range"),
+    ("3,3,4.0,1574300000000", "timestamp_out_of_range"),  # milliseconds
     ("3,99,4.0,1000", "unknown_movie"),
 ]
 
@@ -108,6 +112,34 @@ def test_lf_only_files_are_read_too(spark, tmp_path):
     result = _run(spark, tmp_path, ratings_csv(*GOOD).replace("\r\n", "\n"),
                   movies=MOVIES_CSV.replace("\r\n", "\n"), max_reject_fraction=0.0)
     assert result.manifest["counts"]["ratings"] == len(GOOD)
+
+
+def test_timestamps_in_milliseconds_fail_the_run_by_their_reason(spark, tmp_path):
+    # a whole file exported in milliseconds: every row is from the future, none is taken
+    in_ms = [f"{u},{m},4.0,{1_500_000_000 + i}000"
+             for i, (u, m) in enumerate(((1, 1), (1, 2), (1, 3), (2, 1), (2, 4)))]
+    with pytest.raises(RejectThresholdError, match="timestamp_out_of_range=5"):
+        _run(spark, tmp_path, ratings_csv(*in_ms), max_reject_fraction=0.001)
+
+
+def test_the_latest_possible_timestamp_is_the_runs_start_plus_a_day(spark, tmp_path):
+    before = int(time.time())
+    tomorrow, in_two_days = before + 80_000, before + 2 * 86_400
+    tags = ("userId,movieId,tag,timestamp\r\n"
+            f"1,1,fun,{tomorrow}\r\n1,2,old,-1\r\n1,3,later,{in_two_days}\r\n")
+    src = write_release(tmp_path / "release", {"ratings.csv": ratings_csv(
+        *GOOD, f"3,1,4.0,{tomorrow}", f"3,2,4.0,{in_two_days}"),
+        "movies.csv": MOVIES_CSV, "tags.csv": tags})
+    result = run_preprocess(spark, make_config(tmp_path, src, max_reject_fraction=1.0))
+    latest = result.manifest["inputs"]["latest_timestamp"]
+    assert before + 86_400 <= latest <= int(time.time()) + 86_400
+    assert _rejects(spark, result) == {
+        ("ratings.csv", "timestamp_out_of_range", f"3,2,4.0,{in_two_days}"),
+        ("tags.csv", "timestamp_out_of_range", "1,2,old,-1"),
+        ("tags.csv", "timestamp_out_of_range", f"1,3,later,{in_two_days}"),
+    }
+    h = spark.read.parquet(io.join(result.run_dir, "histories")).where("user_id = 3").first()
+    assert h["timestamps"] == [tomorrow]
 
 
 def test_reject_threshold_fails_the_run_and_keeps_rejects(spark, tmp_path):
