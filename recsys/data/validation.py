@@ -6,6 +6,7 @@ reason. Reasons are stable strings, documented in the README:
 
 =====================  ====================================================
 wrong_field_count      the line does not have the layout's number of fields
+bad_encoding           a text field is not valid in the file's encoding (read as U+FFFD)
 bad_user_id            user id is not a non-negative 32-bit integer
 bad_movie_id           movie id is not a non-negative 32-bit integer
 bad_tag_id             genome tag id is not a non-negative 32-bit integer
@@ -34,12 +35,13 @@ from recsys.data.layouts import GENRES_100K, NO_GENRES, TableSpec
 from recsys.data.readers import CORRUPT, FAST_OK, NUMERIC_TABLES
 
 _BOM = "\ufeff"
+_REPLACEMENT = "\ufffd"
 _ID_RE = r"^[0-9]{1,10}$"
 _INT_RE = r"^-?[0-9]{1,19}$"
 _NUM_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 REASONS = (
-    "wrong_field_count", "bad_user_id", "bad_movie_id", "bad_tag_id", "bad_rating",
+    "wrong_field_count", "bad_encoding", "bad_user_id", "bad_movie_id", "bad_tag_id", "bad_rating",
     "rating_out_of_range", "rating_not_half_star", "bad_timestamp", "timestamp_out_of_range",
     "bad_relevance",
     "missing_title", "missing_tag", "duplicate_pair", "duplicate_movie_id", "unknown_movie",
@@ -154,6 +156,14 @@ def tag_rows(raw: DataFrame, spec: TableSpec, *, latest_timestamp: int | None = 
     typed = raw.select(*values, *[f"_raw_{c}" for c in columns], CORRUPT, FAST_OK)
 
     reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("wrong_field_count"))
+    # Bytes that are not valid in the file's encoding are read as U+FFFD: a title or tag
+    # read that way is damaged (most often the whole file is in another encoding).
+    texts = [f"_raw_{f.raw}" for f in fields if f.kind in ("text", "opt_text")]
+    if texts:
+        damaged = F.lit(False)
+        for c in texts:
+            damaged = damaged | F.coalesce(F.col(c).contains(_REPLACEMENT), F.lit(False))
+        reason = reason.when(damaged, F.lit("bad_encoding"))
     for invalid, name in checks:
         reason = reason.when(invalid, F.lit(name))
     if spec.name == "ratings":

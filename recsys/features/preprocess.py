@@ -120,7 +120,8 @@ def _write(df: DataFrame, uri: str, files: int | None = None) -> None:
 
 
 def _check_threshold(
-    counts: dict[str, dict[str, int]], release: Release, max_fraction: float, rejects_uri: str
+    counts: dict[str, dict[str, int]], release: Release, max_fraction: float, rejects_uri: str,
+    encoding: str,
 ) -> None:
     problems = []
     for table, by_reason in counts.items():
@@ -134,6 +135,9 @@ def _check_threshold(
                 f"({rejected / total:.4%} > {max_fraction:.4%}; {detail})"
             )
     if problems:
+        if any(c.get("bad_encoding") for c in counts.values()):
+            problems.append(f"bad_encoding: text that is not valid {encoding}; if the release "
+                            "is in another encoding, set data.encoding (e.g. ISO-8859-1)")
         raise RejectThresholdError(
             "too many bad input rows: " + "; ".join(problems)
             + f". The rejected rows with their reasons are in {rejects_uri}; raise "
@@ -230,7 +234,8 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
             _write(rejects, out("rejects"), files=1)
         manifest["inputs"]["files"] = checksums.result()
         _record_counts(manifest, counts)
-        _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"))
+        _check_threshold(counts, release, config.data.max_reject_fraction, out("rejects"),
+                         encoding)
 
     with manifest.timed("write_histories"):
         _write(histories_of(built), out("histories"))

@@ -98,6 +98,35 @@ def test_bad_movie_rows(spark, tmp_path):
     assert table.where("movie_id = 4").first()["year"] is None
 
 
+def test_text_not_valid_in_the_files_encoding_is_quarantined(spark, tmp_path):
+    # a Latin-1 byte in a UTF-8 file: the title would be read with U+FFFD in it
+    movies = MOVIES_CSV.encode() + b"5,Am\xe9lie (2001),Comedy|Romance\r\n"
+    tags = b"userId,movieId,tag,timestamp\r\n1,1,caf\xe9,1000\r\n1,2,funny,1001\r\n"
+    src = write_release(tmp_path / "release", {
+        "ratings.csv": ratings_csv(*GOOD, "2,5,4.0,1000007"), "movies.csv": movies, "tags.csv": tags})
+    result = run_preprocess(spark, make_config(tmp_path, src, max_reject_fraction=1.0))
+    assert _rejects(spark, result) == {
+        ("movies.csv", "bad_encoding", "5,Am\ufffdlie (2001),Comedy|Romance"),
+        ("tags.csv", "bad_encoding", "1,1,caf\ufffd,1000"),
+        ("ratings.csv", "unknown_movie", "2,5,4.0,1000007"),
+    }
+    titles = spark.read.parquet(io.join(result.run_dir, "movies")).select("title").collect()
+    assert not any("\ufffd" in r[0] for r in titles)
+
+
+def test_a_release_in_another_encoding_fails_the_run_and_says_which_setting(spark, tmp_path):
+    accented = "".join(f"{m},Caf\u00e9 num\u00e9ro {m} (2001),Drama\r\n" for m in range(5, 25))
+    movies = (MOVIES_CSV + accented).encode("latin-1")
+    with pytest.raises(RejectThresholdError, match=r"movies.csv: 20 of 24 rows rejected .*"
+                       r"bad_encoding=20.*not valid UTF-8.*set data.encoding"):
+        _run(spark, tmp_path, ratings_csv(*GOOD), movies=movies, max_reject_fraction=0.001)
+    # read in its own encoding, the same file is clean
+    result = _run(spark, tmp_path / "again", ratings_csv(*GOOD), movies=movies,
+                  encoding="ISO-8859-1", max_reject_fraction=0.0)
+    titles = spark.read.parquet(io.join(result.run_dir, "movies")).where("movie_id = 5")
+    assert titles.first()["title"] == "Caf\u00e9 num\u00e9ro 5 (2001)"
+
+
 def test_bom_and_crlf_are_read(spark, tmp_path):
     ratings = "\ufeff" + ratings_csv(*GOOD)
     assert "\r\n" in ratings
