@@ -18,10 +18,14 @@ from recsys.data.synthetic import FULL_MOVIES, FULL_RATINGS, FULL_USERS, Synthet
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("--out", required=True, help="Output directory (created).")
-    p.add_argument("--users", type=int, default=FULL_USERS)
-    p.add_argument("--movies", type=int, default=FULL_MOVIES)
-    p.add_argument("--ratings", type=int, default=FULL_RATINGS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, default=FULL_USERS,
+                   help="Users, each with >= 20 ratings (default: %(default)s, as ml-25m).")
+    p.add_argument("--movies", type=int, default=FULL_MOVIES,
+                   help="Movies, at least 40 (default: %(default)s, as ml-25m).")
+    p.add_argument("--ratings", type=int, default=FULL_RATINGS,
+                   help="Ratings in all (default: %(default)s, as ml-25m).")
+    p.add_argument("--seed", type=int, default=0,
+                   help="0 .. 2**32 - 1; the same seed gives the same files (default: 0).")
     args = p.parse_args(argv)
     cli.setup_logging()
 

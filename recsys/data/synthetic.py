@@ -92,6 +92,8 @@ class SyntheticSpec:
         return replace(self, tags=tags, genome_movies=min(genome, self.movies))
 
     def validate(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"the seed must be an integer in 0 .. 2**32 - 1, got {self.seed}")
         if self.users < 1 or self.movies < 40:
             raise ValueError("need at least 1 user and 40 movies")
         if self.ratings < 20 * self.users:

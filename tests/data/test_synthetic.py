@@ -117,11 +117,21 @@ def test_tastes_are_learnable(corpus):
     assert ease > 2 * pop, (ease, pop)
 
 
-def test_job_rejects_impossible_sizes(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--users", "100", "--movies", "100", "--ratings", "100"],
+     "100 ratings cannot give each of 100 users >= 20 ratings"),
+    (["--users", "10", "--movies", "100", "--ratings", "1000"],
+     "1000 ratings exceed what 10 users can rate"),
+    (["--users", "10", "--movies", "39", "--ratings", "200"], "need at least 1 user and 40 movies"),
+    (["--users", "10", "--movies", "100", "--ratings", "200", "--seed", "-1"],
+     "the seed must be an integer in 0 .. 2**32 - 1, got -1"),
+])
+def test_job_rejects_impossible_settings_before_writing(tmp_path, args, message):
+    out = tmp_path / "corpus"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "jobs/make_synthetic_corpus.py"), "--out", str(tmp_path),
-         "--users", "100", "--movies", "100", "--ratings", "100"],
+        [sys.executable, str(REPO / "jobs/make_synthetic_corpus.py"), "--out", str(out), *args],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert "cannot give each of 100 users >= 20 ratings" in proc.stderr
+    assert f"make_synthetic_corpus: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
