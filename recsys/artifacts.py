@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -118,6 +119,27 @@ class Manifest:
 
 def stage_dir(root: str, stage: str, run_id: str) -> str:
     return io.join(root, stage, run_id)
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def claim_run(root: str, stage: str, run_id: str | None = None) -> tuple[str, str]:
+    """``(run_id, run_dir)`` for a new run of ``stage``: a new id when None, else the
+    given one, checked. A run id names one directory under ``<root>/<stage>/``, so it
+    is a plain name (no ``/`` or ``..``, not ``LATEST``), and a run that exists, done or
+    failed, is never written again: readers and later stages may hold it."""
+    if run_id is None:
+        run_id = new_run_id()
+    elif run_id == LATEST or not _RUN_ID.match(run_id):
+        raise ConfigError(
+            f"--run-id must be a plain name of letters, digits, '.', '_' and '-' (at most "
+            f"128, not starting with '.' or '-', not {LATEST}), got {run_id!r}")
+    run_dir = stage_dir(root, stage, run_id)
+    if io.exists(run_dir):
+        raise ConfigError(f"{stage} run {run_id} already exists at {run_dir}; a run is never "
+                          "overwritten: give another --run-id, or none for a new one")
+    return run_id, run_dir
 
 
 def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None:

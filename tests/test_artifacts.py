@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -54,3 +55,27 @@ def test_a_run_date_is_a_calendar_day_written_yyyy_mm_dd():
     for bad in ("2026-02-30", "2026-2-28", "20260228", "2026-02-28T00:00", "tomorrow", ""):
         with pytest.raises(ConfigError, match="--run-date must be a date written YYYY-MM-DD"):
             artifacts.run_date(bad)
+
+
+def test_a_new_run_gets_a_fresh_id_and_directory(tmp_path):
+    root = io.normalize_uri(tmp_path)
+    run_id, run_dir = artifacts.claim_run(root, "train")
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", run_id)
+    assert run_dir == io.join(root, "train", run_id) and not io.exists(run_dir)
+    assert artifacts.claim_run(root, "train", "nightly-7_b.2") == (
+        "nightly-7_b.2", io.join(root, "train", "nightly-7_b.2"))
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "LATEST", ".hidden", "-x", "a b", "",
+                                 "x" * 129])
+def test_a_run_id_that_is_not_a_plain_name_is_refused(tmp_path, bad):
+    with pytest.raises(ConfigError, match="--run-id must be a plain name"):
+        artifacts.claim_run(io.normalize_uri(tmp_path), "preprocess", bad)
+
+
+def test_an_existing_run_is_never_claimed_again_done_or_failed(tmp_path):
+    root = io.normalize_uri(tmp_path)
+    (tmp_path / "score" / "failed-one").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="score run failed-one already exists at .*never "
+                                          "overwritten"):
+        artifacts.claim_run(root, "score", "failed-one")

@@ -58,6 +58,8 @@ def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
      "train.objective = 'held_out_set' needs model.kind = 'history'"),
     ("nightly", ["--run-date", "2026-13-45"], "--run-date must be a date written YYYY-MM-DD"),
     ("score_all_users", ["--run-date", "2026-12-3"], "--run-date must be a date written YYYY-MM-DD"),
+    ("train", ["--run-id", "../elsewhere"], "--run-id must be a plain name"),
+    ("build_index", ["--run-id", "LATEST"], "--run-id must be a plain name"),
 ])
 def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad, message):
     """A bad value stops the job up front, with one line naming the key, not a traceback

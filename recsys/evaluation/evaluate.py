@@ -217,8 +217,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
                  ) -> EvaluateResult:
     root = config.artifact_root
     cfg = config.evaluate
-    run_id = run_id or artifacts.new_run_id()
-    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest), \
             tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:

@@ -148,8 +148,7 @@ def _check_threshold(
 def run_preprocess(spark: SparkSession, config: Config, *, run_id: str | None = None) -> PreprocessResult:
     """Validate the configured release and write the preprocessing artifacts."""
     root = io.normalize_uri(config.artifact_root)
-    run_id = run_id or artifacts.new_run_id()
-    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     out = lambda name: io.join(run_dir, name)  # noqa: E731
     with artifacts.failure_recorded(run_dir, manifest, only_if_started=True):

@@ -127,10 +127,9 @@ def run_index(config: Config, *, run_id: str | None = None,
     """Build, measure and commit the searchers for the latest (or the named) train run."""
     root = config.artifact_root
     cfg = config.index
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     train_dir = artifacts.resolve(root, "train", train_run)
     train_manifest = artifacts.verify(train_dir)
-    run_id = run_id or artifacts.new_run_id()
-    run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"train_run": train_manifest["run_id"], "train_dir": train_dir,
                           "model_version": train_manifest["run_id"]}

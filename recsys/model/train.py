@@ -274,9 +274,8 @@ def run_train(config: Config, *, run_id: str | None = None,
               preprocess_run: str | None = None) -> TrainResult:
     """Train on the latest (or the named) preprocess run and commit a ``train`` run."""
     root = config.artifact_root
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     source = artifacts.resolve(root, "preprocess", preprocess_run)
-    run_id = run_id or artifacts.new_run_id()
-    run_dir = artifacts.stage_dir(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"preprocess_run": artifacts.read_manifest(source)["run_id"],
                           "preprocess_dir": source}

@@ -264,9 +264,8 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
     """Score every user of the preprocess run's histories and publish the three tables."""
     root = config.artifact_root
     cfg = config.score
-    run_id = run_id or artifacts.new_run_id()
     run_date = artifacts.run_date(run_date)
-    run_dir = artifacts.stage_dir(root, STAGE, run_id)
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest):
         with manifest.timed("check_artifacts"):
