@@ -183,6 +183,9 @@ def resolve(root: str, stage: str, run_id: str | None = None) -> str:
             )
         run_id = io.read_text(pointer).strip()
     run_dir = stage_dir(root, stage, run_id)
+    if run_id == LATEST or not _RUN_ID.match(run_id) or not io.is_dir(run_dir):
+        raise ArtifactError(f"there is no '{stage}' run {run_id!r} under "
+                            f"{io.join(io.normalize_uri(root), stage)}")
     if not io.is_file(io.join(run_dir, SUCCESS)):
         raise ArtifactError(f"'{stage}' run {run_id} at {run_dir} is incomplete (no {SUCCESS})")
     return run_dir

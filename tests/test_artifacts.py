@@ -79,3 +79,19 @@ def test_an_existing_run_is_never_claimed_again_done_or_failed(tmp_path):
     with pytest.raises(ConfigError, match="score run failed-one already exists at .*never "
                                           "overwritten"):
         artifacts.claim_run(root, "score", "failed-one")
+
+
+@pytest.mark.parametrize("name", ["nosuch", "../train", "LATEST"])
+def test_a_named_run_that_does_not_exist_is_said_so(tmp_path, name):
+    root = io.normalize_uri(tmp_path)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / artifacts.LATEST).write_text("x\n")
+    with pytest.raises(artifacts.ArtifactError,
+                       match=rf"there is no 'train' run '{re.escape(name)}' under .*/train$"):
+        artifacts.resolve(root, "train", name)
+
+
+def test_a_named_run_without_success_is_incomplete(tmp_path):
+    (tmp_path / "train" / "half").mkdir(parents=True)
+    with pytest.raises(artifacts.ArtifactError, match="'train' run half at .* is incomplete"):
+        artifacts.resolve(io.normalize_uri(tmp_path), "train", "half")
