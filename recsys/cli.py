@@ -15,6 +15,7 @@ from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
 from recsys.publish import CatalogUnavailableError
+from recsys.spark import SparkStartError
 
 #: Exit codes shared by every job (the nightly pipeline adds its own per stage).
 EXIT_OK = 0
@@ -23,12 +24,14 @@ EXIT_CONFIG = 2
 EXIT_INPUT = 3
 EXIT_ARTIFACT = 4
 EXIT_CATALOG = 5
+EXIT_SPARK_START = 6
 
 _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, EXIT_CONFIG, "configuration error"),
     (InputDataError, EXIT_INPUT, "input data error"),
     (ArtifactError, EXIT_ARTIFACT, "artifact error"),
     (CatalogUnavailableError, EXIT_CATALOG, "catalog error"),
+    (SparkStartError, EXIT_SPARK_START, "Spark did not start"),
 )
 
 

@@ -78,6 +78,12 @@ class _Check:
                 self.fail(key, "a non-empty list")
         return self
 
+    def matches(self, key: str, pattern: str, rule: str, *, fold_case: bool = False) -> "_Check":
+        if not re.fullmatch(pattern, getattr(self.values, key),
+                            flags=re.IGNORECASE if fold_case else 0):
+            self.fail(key, rule)
+        return self
+
     def identifier(self, *keys: str) -> "_Check":
         for key in keys:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(self.values, key)):
@@ -92,6 +98,11 @@ OBJECTIVES = ("next_item", "held_out_set")
 MODEL_KINDS = ("history", "mf")
 #: Validation metrics ``train.select_metric`` may name (computed after every epoch).
 SELECT_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@100")
+#: Spark's byte sizes (JavaUtils.byteStringAs: no fractions) and master URLs; a master
+#: with another scheme (an external cluster manager's) is left to Spark.
+_BYTES = r"[0-9]+([kmgtp]b?|b)?"
+_MASTER = (r"local(\[([0-9]+|\*)(,\s*[0-9]+)?\])?|local-cluster\[[0-9]+,\s*[0-9]+,\s*[0-9]+\]"
+           r"|yarn|[a-z][a-z0-9+.-]*://\S+")
 #: Spark's log levels (``spark.log_level``, any case).
 SPARK_LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
@@ -354,8 +365,13 @@ class SparkConfig:
     scratch_dir: str = ""
 
     def __post_init__(self) -> None:
-        _Check("spark", self).at_least(1, "shuffle_partitions").one_of(
+        check = _Check("spark", self).at_least(1, "shuffle_partitions").one_of(
             "log_level", SPARK_LOG_LEVELS, fold_case=True)
+        for key in ("driver_memory", "max_partition_bytes"):
+            check.matches(key, _BYTES, "a whole number of bytes with an optional unit, e.g. "
+                                       "'6g', '512m' or '128mb'", fold_case=True)
+        check.matches("master", _MASTER, "a Spark master URL: local, local[N], local[*], "
+                                         "local[N,F], yarn, spark://HOST:PORT, k8s://URL")
 
 
 @dataclass(frozen=True)

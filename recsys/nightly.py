@@ -15,8 +15,8 @@
   trains anyway); the index is rebuilt only for a new model.
 * **Exit codes.** 0 ok; :data:`EXIT_LOCKED` another run holds the lock; ``10 + n`` stage
   ``n`` failed (11 preprocess, 12 train, 13 index, 14 score, 15 evaluate) — the stage's
-  own exit code (2 config, 3 input data, 4 artifact, 5 catalog, 1 other) is in the log and
-  summary.
+  own exit code (2 config, 3 input data, 4 artifact, 5 catalog, 6 Spark did not start,
+  1 other) is in the log and summary.
 * **Logs and summary.** One log file per run in ``nightly.log_dir`` with every stage's
   output; a summary (per-stage status, timings, counts, metrics, where the tables are)
   printed at the end and written to ``<root>/nightly/<run_id>/summary.json``.

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
+
+
+class SparkStartError(RuntimeError):
+    """The driver JVM that a job starts itself exited before the SparkSession existed."""
+
+
 _WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -324,6 +330,13 @@ def build_session(
     os.environ.update(to_jvm)
     try:
         spark = builder.getOrCreate()
+    except Exception as exc:
+        if getattr(exc, "getCondition", lambda: None)() != "JAVA_GATEWAY_EXITED":
+            raise
+        raise SparkStartError(
+            f"the Spark driver JVM exited before the session started (its own messages are "
+            f"above). Check `java -version` (17 or newer), spark.master ({config.master!r}) "
+            f"and spark.driver_memory ({config.driver_memory!r})") from None
     finally:
         for key, value in saved.items():
             if value is None:

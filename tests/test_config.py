@@ -90,6 +90,12 @@ def test_bad_overrides_name_the_key(override, message):
         ("score.recommendations_table=recs-tonight", "score.recommendations_table must be a SQL identifier"),
         ("spark.log_level=LOUD", "spark.log_level must be one of 'ALL'"),
         ("spark.shuffle_partitions=0", "spark.shuffle_partitions must be >= 1"),
+        ("spark.driver_memory=6 GB", "spark.driver_memory must be a whole number of bytes"),
+        ("spark.driver_memory=1.5g", "spark.driver_memory must be a whole number of bytes"),
+        ("spark.max_partition_bytes=lots", "spark.max_partition_bytes must be a whole number"),
+        ("spark.master=local[two]", "spark.master must be a Spark master URL"),
+        ("spark.master=LOCAL[2]", "spark.master must be a Spark master URL"),
+        ("spark.master=cluster", "spark.master must be a Spark master URL"),
         ("evaluate.als_ranks=[]", "evaluate.als_ranks must be a non-empty list, got ()"),
         ("evaluate.als_reg_params=[-0.1]", "evaluate.als_reg_params must be >= 0 (every item)"),
         ("evaluate.ease_l2=0", "evaluate.ease_l2 must be a finite number > 0"),
@@ -112,6 +118,17 @@ def test_values_at_the_edges_of_their_range_are_accepted():
         "nightly.keep_runs=0",
     ])
     assert (cfg.train.patience, cfg.model.tower_layers, cfg.spark.log_level) == (0, (), "info")
+
+
+@pytest.mark.parametrize("master", [
+    "local", "local[4]", "local[*]", "local[2,3]", "local[*, 4]", "local-cluster[2, 1, 1024]",
+    "yarn", "spark://host-a:7077,host-b:7077", "k8s://https://kube:6443", "custom://anything",
+])
+def test_every_form_of_spark_master_is_accepted(master):
+    cfg = load_config(REPO_CONF / "default.toml", [f"spark.master={master}",
+                                                   "spark.driver_memory=512MB",
+                                                   "spark.max_partition_bytes=64mb"])
+    assert cfg.spark.master == master
 
 
 def test_sections_that_must_agree_are_checked_together():

@@ -75,3 +75,19 @@ def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad,
     assert f"{job}: configuration error: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "art").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job_env):
+    """Not Py4J's "Java gateway process exited" traceback: the JVM's own reason, then one
+    line naming the settings to check."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/preprocess.py"), "--artifact-root", str(tmp_path / "art"),
+         "--set", "spark.driver_memory=100000t"],
+        capture_output=True, text=True, timeout=120, env=job_env, cwd=tmp_path,
+    )
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    assert "Could not reserve enough space" in proc.stdout + proc.stderr  # the JVM's own
+    assert ("preprocess: Spark did not start: the Spark driver JVM exited before the session "
+            "started") in proc.stderr
+    assert "spark.driver_memory ('100000t')" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "art").exists()
