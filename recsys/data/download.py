@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable
 
+from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,15 @@ def download_release(
     """
     if release not in RELEASES:
         raise DownloadError(f"unknown release {release!r}; choose one of {', '.join(RELEASES)}")
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+        raise ConfigError(f"--base-url must be an http:// or https:// URL, got {base_url!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigError(f"--timeout must be a finite number of seconds > 0, got {timeout!r}")
     md5 = expected_md5(release, base_url=base_url, timeout=timeout)
-    os.makedirs(dest_dir, exist_ok=True)
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the download directory {dest_dir}: {exc}") from None
     target = os.path.join(dest_dir, f"{release}.zip")
     if os.path.isfile(target) and _md5_file(target) == md5:
         log.info("%s already present and verified", target)
@@ -73,25 +83,42 @@ def download_release(
     url = f"{base_url.rstrip('/')}/{release}.zip"
     part = target + ".part"
     digest = hashlib.md5()
-    with _open(url, timeout) as resp, open(part, "wb") as out:
+    with _open(url, timeout) as resp, _writable(part) as out:
         total = resp.headers.get("Content-Length")
         total_n = int(total) if total and total.isdigit() else None
         done = 0
-        try:
-            while chunk := resp.read(1 << 20):
+        while True:
+            try:
+                chunk = resp.read(1 << 20)
+            except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+                raise DownloadError(
+                    f"download of {url} broke off after {done} bytes: {exc}") from None
+            if not chunk:
+                break
+            try:
                 out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total_n)
-        except (socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-            raise DownloadError(f"download of {url} broke off after {done} bytes: {exc}") from None
+            except OSError as exc:  # a full disk, a quota
+                out.close()
+                os.remove(part)
+                raise DownloadError(f"cannot write {part} after {done} bytes: {exc}; "
+                                    "partial file removed") from None
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total_n)
     got = digest.hexdigest()
     if got != md5:
         os.remove(part)
         raise DownloadError(f"{url}: MD5 mismatch (got {got}, expected {md5}); file removed")
     os.replace(part, target)
     return target
+
+
+def _writable(path: str):  # noqa: ANN202
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise DownloadError(f"cannot write {path}: {exc}") from None
 
 
 def _md5_file(path: str) -> str:

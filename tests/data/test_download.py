@@ -71,3 +71,34 @@ def test_job_fails_fast_without_network(tmp_path):
     assert proc.returncode == 3
     assert "cannot reach http://127.0.0.1:9/ml-25m.zip.md5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base-url", "mirror.example.org/movielens"],
+     "--base-url must be an http:// or https:// URL, got 'mirror.example.org/movielens'"),
+    (["--base-url", "ftp://mirror.example.org/"], "--base-url must be an http:// or https://"),
+    (["--timeout", "0"], "--timeout must be a finite number of seconds > 0, got 0.0"),
+    (["--timeout", "nan"], "--timeout must be a finite number of seconds > 0, got nan"),
+])
+def test_job_refuses_bad_options_before_any_request(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/download_movielens.py"), "ml-100k",
+         "--dest", str(tmp_path / "dl"), *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert f"download_movielens: configuration error: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "dl").exists()
+
+
+def test_a_destination_that_cannot_be_written_is_said_so(server, tmp_path):
+    root, url = server
+    payload = b"PK payload"
+    (root / "ml-100k.zip").write_bytes(payload)
+    (root / "ml-100k.zip.md5").write_text(hashlib.md5(payload).hexdigest() + "\n")
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(DownloadError, match="cannot create the download directory .*a-file/dl"):
+        download_release("ml-100k", str(tmp_path / "a-file" / "dl"), base_url=url)
+    (tmp_path / "dl" / "ml-100k.zip.part").mkdir(parents=True)  # where the file would go
+    with pytest.raises(DownloadError, match=r"cannot write .*ml-100k.zip.part: \[Errno 21\]"):
+        download_release("ml-100k", str(tmp_path / "dl"), base_url=url)
