@@ -21,7 +21,10 @@ from recsys.config import add_config_arguments, config_from_args
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     add_config_arguments(p)
-    p.add_argument("--preprocess-run", help="Preprocess run to evaluate on (default: LATEST).")
+    p.add_argument("--preprocess-run",
+                   help="Preprocess run to evaluate on: the one the model was trained on "
+                        "(the default); another is refused, as its split may hold out "
+                        "what the model trained on.")
     p.add_argument("--train-run", help="Train run of the model (default: LATEST).")
     p.add_argument("--run-id", help="Run id to write (default: a new timestamped id).")
     args = p.parse_args(argv)

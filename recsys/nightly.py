@@ -349,6 +349,13 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
                 skip = f"index {index['run_id']} is built for model {train['run_id']}"
         if stage == "evaluate" and not n.evaluate:
             skip = "nightly.evaluate = false"
+        elif stage == "evaluate":
+            # A model is evaluated on the preprocess run it was trained on: again the same
+            # figures, so once per model.
+            train, evaluate = _latest(root, "train"), _latest(root, "evaluate")
+            evaluated = (evaluate or {}).get("inputs", {}).get("model_version")
+            if train and evaluated == train["run_id"]:
+                skip = f"model {train['run_id']} is evaluated by run {evaluate['run_id']}"
         if skip:
             run, details = _details(root, stage)
             results.append(StageResult(stage, "skipped", run_id=run, reason=skip,

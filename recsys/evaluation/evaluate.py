@@ -212,6 +212,25 @@ def _split_histories(preprocess_dir: str, corpus: Corpus, protocol: Protocol,
         fh.write("random-split\n")
 
 
+def models_preprocess_run(root: str, train_manifest: dict[str, Any],
+                          preprocess_run: str | None = None) -> str:
+    """The preprocess run to evaluate a model on: the one it was trained on.
+
+    Another run's split is refused: a user held out there may have been a training user
+    of the model's run (one who has since reached ``split.min_positives``, or any user
+    under another ``split.seed``), and an older run's held-out last ratings may be in the
+    model's training histories, so the figures would be inflated.
+    """
+    trained_on = train_manifest["inputs"]["preprocess_run"]
+    if preprocess_run is not None and preprocess_run != trained_on:
+        raise artifacts.ArtifactError(
+            f"model {train_manifest['run_id']} was trained on preprocess run {trained_on}; "
+            f"on preprocess run {preprocess_run} it could be scored on users or ratings it "
+            f"was trained on. Evaluate it on {trained_on} (the default), or train a model on "
+            f"{preprocess_run} first")
+    return artifacts.resolve(root, "preprocess", trained_on)
+
+
 def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = None,
                  preprocess_run: str | None = None, train_run: str | None = None
                  ) -> EvaluateResult:
@@ -225,7 +244,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         os.makedirs(out)
         train_dir = artifacts.resolve(root, "train", train_run)
         train_manifest = artifacts.verify(train_dir)
-        preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
+        preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
         with manifest.timed("load"):
             corpus = load_corpus(preprocess_dir)
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,

@@ -129,12 +129,15 @@ def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_ni
 def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night):
     base, _ = first_night
     first = summary(base)
-    done = nightly(base, "2026-11-21", *LATER, "--set", "nightly.keep_runs=1")
+    runs = {st["name"]: st["run_id"] for st in first["stages"]}
+    done = nightly(base, "2026-11-21", "--set", "nightly.keep_runs=1")
     assert done.returncode == 0, done.stdout[-4000:]
     status = {st["name"]: (st["status"], st["reason"]) for st in summary(base)["stages"]}
     assert status["train"][0] == "skipped" and "h old" in status["train"][1]
     assert status["index"][0] == "skipped" and status["score"][0] == "ok"
-    assert status["evaluate"] == ("skipped", "nightly.evaluate = false")
+    # the model is evaluated on the preprocess run it was trained on: done the first night
+    assert status["evaluate"] == (
+        "skipped", f"model {runs['train']} is evaluated by run {runs['evaluate']}")
     assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
     # the first night wrote the score driver's class archive; this one mapped it, with the
     # quick JIT tier (nightly.score_java_options), in the score stage only
@@ -149,7 +152,6 @@ def test_a_young_model_is_not_retrained_and_the_next_night_publishes(first_night
     # preprocess run stays, in use by the model it trained (not retrained tonight), and its
     # evaluate run is still the latest (tonight's evaluate was skipped)
     art = base / "artifacts"
-    runs = {st["name"]: st["run_id"] for st in first["stages"]}
     assert sorted(summary(base)["pruned"]["removed"]) == sorted([
         io.join(str(art), "score", runs["score"]), io.join(str(art), "nightly", first["run_id"]),
         first["log_file"]])

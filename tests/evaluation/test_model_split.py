@@ -1,0 +1,40 @@
+"""Which preprocess run a model is evaluated on: the one it was trained on, never another."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys import artifacts, io
+from recsys.evaluation.evaluate import models_preprocess_run
+
+
+def _runs(tmp_path, *names):
+    for name in names:
+        (tmp_path / "preprocess" / name).mkdir(parents=True)
+        (tmp_path / "preprocess" / name / artifacts.SUCCESS).write_text("")
+    (tmp_path / "preprocess" / artifacts.LATEST).write_text(names[-1] + "\n")
+    return io.normalize_uri(tmp_path)
+
+
+MODEL = {"run_id": "model-1", "inputs": {"preprocess_run": "monday"}}
+
+
+def test_a_model_is_evaluated_on_its_own_run_not_the_latest(tmp_path):
+    root = _runs(tmp_path, "monday", "tuesday")
+    assert models_preprocess_run(root, MODEL) == io.join(root, "preprocess", "monday")
+    assert models_preprocess_run(root, MODEL, "monday") == io.join(root, "preprocess", "monday")
+
+
+def test_another_run_is_refused_with_the_reason_and_the_way_out(tmp_path):
+    root = _runs(tmp_path, "monday", "tuesday")
+    with pytest.raises(artifacts.ArtifactError,
+                       match="model model-1 was trained on preprocess run monday; on preprocess "
+                             "run tuesday it could be scored on users or ratings it was trained "
+                             "on. Evaluate it on monday .*or train a model on tuesday first"):
+        models_preprocess_run(root, MODEL, "tuesday")
+
+
+def test_the_models_run_removed_by_hand_is_said_so(tmp_path):
+    root = _runs(tmp_path, "tuesday")
+    with pytest.raises(artifacts.ArtifactError, match="there is no 'preprocess' run 'monday'"):
+        models_preprocess_run(root, MODEL)
