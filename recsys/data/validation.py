@@ -41,10 +41,10 @@ _INT_RE = r"^-?[0-9]{1,19}$"
 _NUM_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 
 REASONS = (
-    "wrong_field_count", "bad_encoding", "bad_user_id", "bad_movie_id", "bad_tag_id", "bad_rating",
-    "rating_out_of_range", "rating_not_half_star", "bad_timestamp", "timestamp_out_of_range",
-    "bad_relevance",
-    "missing_title", "missing_tag", "duplicate_pair", "duplicate_movie_id", "unknown_movie",
+    "wrong_field_count", "bad_encoding", "bad_user_id", "bad_movie_id", "bad_tag_id",
+    "bad_rating", "rating_out_of_range", "rating_not_half_star", "bad_timestamp",
+    "timestamp_out_of_range", "bad_relevance", "missing_title", "missing_tag",
+    "duplicate_pair", "duplicate_movie_id", "unknown_movie",
 )
 
 
