@@ -11,6 +11,7 @@ import posixpath
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from recsys import io
@@ -73,8 +74,16 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
                 if info.is_dir() or posixpath.dirname(info.filename) != prefix:
                     continue
                 dest = os.path.join(out_dir, posixpath.basename(info.filename))
-                with archive.open(info) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 8 << 20)
+                try:
+                    with archive.open(info) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 8 << 20)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                    # a damaged member (bad CRC, broken deflate stream, cut short) or a
+                    # compression method Python cannot read
+                    raise InputFileError(
+                        f"{zip_uri}: cannot extract {info.filename} ({exc}); the archive is "
+                        "damaged: download the release again (its MD5 is published beside "
+                        "it), or give the extracted directory") from None
         io.delete(target)
         if io.is_local(target):
             os.makedirs(os.path.dirname(io.local_path(target)), exist_ok=True)

@@ -131,3 +131,21 @@ def test_bad_zip(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(InputFileError, match="is not a valid zip file"):
         open_release(str(bad), work_uri=str(tmp_path / "art"))
+
+
+def test_a_damaged_member_of_a_zip_is_said_clearly(tmp_path):
+    archive = tmp_path / "ml-latest-small.zip"
+    ratings = ratings_csv(*[f"{u},{m},4.0,{u * 100 + m}" for u in range(1, 60) for m in (1, 2, 3)])
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-latest-small/movies.csv", MOVIES_CSV)
+        zf.writestr("ml-latest-small/ratings.csv", ratings)
+        member = zf.getinfo("ml-latest-small/ratings.csv")
+    data = bytearray(archive.read_bytes())
+    middle = member.header_offset + 30 + len(member.filename) + member.compress_size // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    archive.write_bytes(bytes(data))  # still a zip: only the member's bytes are damaged
+    with pytest.raises(InputFileError, match=r"ml-latest-small.zip: cannot extract "
+                                             r"ml-latest-small/ratings.csv \(.*\); the archive "
+                                             r"is damaged: download the release again"):
+        open_release(str(archive), work_uri=str(tmp_path / "art"))
+    assert not list((tmp_path / "art").rglob("_EXTRACTED"))
