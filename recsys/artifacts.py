@@ -124,6 +124,11 @@ def stage_dir(root: str, stage: str, run_id: str) -> str:
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _plain_run_id(run_id: str) -> bool:
+    """A name of one directory under ``<root>/<stage>/``, other than ``LATEST``."""
+    return run_id != LATEST and _RUN_ID.match(run_id) is not None
+
+
 def claim_run(root: str, stage: str, run_id: str | None = None) -> tuple[str, str]:
     """``(run_id, run_dir)`` for a new run of ``stage``: a new id when None, else the
     given one, checked. A run id names one directory under ``<root>/<stage>/``, so it
@@ -131,7 +136,7 @@ def claim_run(root: str, stage: str, run_id: str | None = None) -> tuple[str, st
     failed, is never written again: readers and later stages may hold it."""
     if run_id is None:
         run_id = new_run_id()
-    elif run_id == LATEST or not _RUN_ID.match(run_id):
+    elif not _plain_run_id(run_id):
         raise ConfigError(
             f"--run-id must be a plain name of letters, digits, '.', '_' and '-' (at most "
             f"128, not starting with '.' or '-', not {LATEST}), got {run_id!r}")
@@ -183,7 +188,7 @@ def resolve(root: str, stage: str, run_id: str | None = None) -> str:
             )
         run_id = io.read_text(pointer).strip()
     run_dir = stage_dir(root, stage, run_id)
-    if run_id == LATEST or not _RUN_ID.match(run_id) or not io.is_dir(run_dir):
+    if not _plain_run_id(run_id) or not io.is_dir(run_dir):
         raise ArtifactError(f"there is no '{stage}' run {run_id!r} under "
                             f"{io.join(io.normalize_uri(root), stage)}")
     if not io.is_file(io.join(run_dir, SUCCESS)):

@@ -127,6 +127,15 @@ def _latest(root: str, stage: str) -> dict[str, Any] | None:
         return None
 
 
+def _made_for_latest_model(root: str, stage: str) -> tuple[str, str] | None:
+    """(model, run) when the latest run of ``stage`` was made for the latest model (its
+    ``inputs.model_version``); None otherwise, or when either is missing."""
+    train, made = _latest(root, "train"), _latest(root, stage)
+    if train and made and made.get("inputs", {}).get("model_version") == train["run_id"]:
+        return train["run_id"], made["run_id"]
+    return None
+
+
 def model_age_hours(root: str) -> float | None:
     """Hours since the latest completed train run finished; None when there is none."""
     manifest = _latest(root, "train")
@@ -343,19 +352,14 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             if age is not None and age < n.max_model_age_hours:
                 skip = (f"latest model is {age:.1f} h old (< nightly.max_model_age_hours = "
                         f"{n.max_model_age_hours:g}); --force-train to retrain")
-        if stage == "index":
-            train, index = _latest(root, "train"), _latest(root, "index")
-            if train and index and index.get("inputs", {}).get("model_version") == train["run_id"]:
-                skip = f"index {index['run_id']} is built for model {train['run_id']}"
+        if stage == "index" and (made := _made_for_latest_model(root, stage)):
+            skip = f"index {made[1]} is built for model {made[0]}"
         if stage == "evaluate" and not n.evaluate:
             skip = "nightly.evaluate = false"
-        elif stage == "evaluate":
+        elif stage == "evaluate" and (made := _made_for_latest_model(root, stage)):
             # A model is evaluated on the preprocess run it was trained on: again the same
             # figures, so once per model.
-            train, evaluate = _latest(root, "train"), _latest(root, "evaluate")
-            evaluated = (evaluate or {}).get("inputs", {}).get("model_version")
-            if train and evaluated == train["run_id"]:
-                skip = f"model {train['run_id']} is evaluated by run {evaluate['run_id']}"
+            skip = f"model {made[0]} is evaluated by run {made[1]}"
         if skip:
             run, details = _details(root, stage)
             results.append(StageResult(stage, "skipped", run_id=run, reason=skip,
