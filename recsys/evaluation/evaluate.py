@@ -237,14 +237,16 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
     root = config.artifact_root
     cfg = config.evaluate
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
+    # The inputs are checked before anything is written: a missing, corrupt or refused
+    # input leaves no evaluate run behind (as the index stage), only the error.
+    train_dir = artifacts.resolve(root, "train", train_run)
+    train_manifest = artifacts.verify(train_dir)
+    preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest), \
             tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:
         out = os.path.join(work, "out")
         os.makedirs(out)
-        train_dir = artifacts.resolve(root, "train", train_run)
-        train_manifest = artifacts.verify(train_dir)
-        preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
         with manifest.timed("load"):
             corpus = load_corpus(preprocess_dir)
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from recsys import artifacts, io
-from recsys.evaluation.evaluate import models_preprocess_run
+from recsys.config import Config
+from recsys.evaluation.evaluate import models_preprocess_run, run_evaluate
 
 
 def _runs(tmp_path, *names):
@@ -38,3 +39,23 @@ def test_the_models_run_removed_by_hand_is_said_so(tmp_path):
     root = _runs(tmp_path, "tuesday")
     with pytest.raises(artifacts.ArtifactError, match="there is no 'preprocess' run 'monday'"):
         models_preprocess_run(root, MODEL)
+
+
+def _model(root, run_id, trained_on):
+    run_dir = artifacts.stage_dir(root, "train", run_id)
+    io.write_text(io.join(run_dir, "weights.txt"), "a model")
+    manifest = artifacts.Manifest("train", run_id, Config())
+    manifest["inputs"] = {"preprocess_run": trained_on}
+    artifacts.commit(root, "train", run_dir, manifest, Config())
+
+
+def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(spark, tmp_path):
+    root = _runs(tmp_path, "monday", "tuesday")
+    _model(root, "model-1", "monday")
+    config = Config().replace(artifact_root=root)
+    with pytest.raises(artifacts.ArtifactError, match="was trained on preprocess run monday"):
+        run_evaluate(spark, config, run_id="e1", preprocess_run="tuesday")
+    (tmp_path / "train" / "model-1" / "weights.txt").write_text("a modeL")
+    with pytest.raises(artifacts.ArtifactError, match="weights.txt does not match its MD5"):
+        run_evaluate(spark, config, run_id="e2")
+    assert not (tmp_path / "evaluate").exists()
