@@ -84,12 +84,24 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
                         f"{zip_uri}: cannot extract {info.filename} ({exc}); the archive is "
                         "damaged: download the release again (its MD5 is published beside "
                         "it), or give the extracted directory") from None
+                except OSError as exc:  # a full disk, a quota, a file-size limit
+                    raise InputFileError(
+                        f"{zip_uri}: cannot write {info.filename} to the temporary directory "
+                        f"{tmp} ({exc.strerror or exc}); free space there (or point TMPDIR "
+                        "elsewhere), or give the extracted directory") from None
         io.delete(target)
-        if io.is_local(target):
-            os.makedirs(os.path.dirname(io.local_path(target)), exist_ok=True)
-            shutil.move(out_dir, io.local_path(target))
-        else:
-            io.copy_from_local(out_dir, target)
+        try:
+            if io.is_local(target):
+                os.makedirs(os.path.dirname(io.local_path(target)), exist_ok=True)
+                shutil.move(out_dir, io.local_path(target))
+            else:
+                io.copy_from_local(out_dir, target)
+        except OSError as exc:
+            io.delete(target)  # never leave half a release where the next run would look
+            raise InputFileError(
+                f"{zip_uri}: cannot put the extracted release at {target} "
+                f"({exc.strerror or exc}); free space under the artifact root, or give the "
+                "extracted directory") from None
     io.write_text(io.join(target, "_EXTRACTED"), checksum + "\n")
     return target
 

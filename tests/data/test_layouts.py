@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import signal
 import zipfile
 
 import pytest
@@ -149,3 +151,27 @@ def test_a_damaged_member_of_a_zip_is_said_clearly(tmp_path):
                                              r"is damaged: download the release again"):
         open_release(str(archive), work_uri=str(tmp_path / "art"))
     assert not list((tmp_path / "art").rglob("_EXTRACTED"))
+
+
+def test_a_zip_that_cannot_be_written_out_is_said_clearly(tmp_path):
+    # A real write failure: the process may not write files over 64 KiB (EFBIG, what
+    # a full disk's ENOSPC also is to the extraction: an OSError on write).
+    archive = tmp_path / "ml-latest-small.zip"
+    ratings = ratings_csv(*[f"{u},{m},4.0,{u * 100 + m}" for u in range(1, 2000) for m in (1, 2)])
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-latest-small/movies.csv", MOVIES_CSV)
+        zf.writestr("ml-latest-small/ratings.csv", ratings)
+    assert len(ratings) > 64 << 10
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    try:
+        with pytest.raises(InputFileError, match=r"ml-latest-small.zip: cannot write "
+                                                 r"ml-latest-small/ratings.csv to the temporary "
+                                                 r"directory .*\(File too large\); free space"):
+            open_release(str(archive), work_uri=str(tmp_path / "art"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert not list((tmp_path / "art").rglob("_EXTRACTED"))
+    assert open_release(str(archive), work_uri=str(tmp_path / "art")).file("ratings")
