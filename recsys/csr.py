@@ -38,11 +38,19 @@ def fixed_lists(values: pa.Array, rows: int, width: int, type_: pa.DataType) -> 
     return pa.ListArray.from_arrays(offsets, values, type=type_)
 
 
-def ranked_movies(ids: np.ndarray, scores: np.ndarray) -> pa.ListArray:
-    """[rows, k] movie ids and scores, best first, as a :data:`MOVIE_SCORES` column."""
+def ranked_movies(ids: np.ndarray, scores: np.ndarray, counts: np.ndarray | None = None
+                  ) -> pa.ListArray:
+    """[rows, k] movie ids and scores, best first, as a :data:`MOVIE_SCORES` column; with
+    ``counts``, row ``r`` keeps only its first ``counts[r]`` (the rest is padding)."""
     rows, width = ids.shape
+    if counts is not None and (counts < width).any():
+        keep = np.arange(width) < counts[:, None]
+        offsets = pa.array(np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32))
+        ids, scores = ids[keep], scores[keep]
+    else:
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
     pairs = pa.StructArray.from_arrays(
         [pa.array(ids.reshape(-1).astype(np.int32)),
          pa.array(scores.reshape(-1).astype(np.float32))],
         fields=list(MOVIE_SCORES.value_type))
-    return fixed_lists(pairs, rows, width, MOVIE_SCORES)
+    return pa.ListArray.from_arrays(offsets, pairs, type=MOVIE_SCORES)

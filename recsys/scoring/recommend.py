@@ -7,7 +7,8 @@ Depth: a user who rated ``s`` movies needs ``N + s`` neighbours for ``N`` to sur
 removal of rated movies. Users are grouped by that depth rounded up to a power of two;
 depths up to ``max_scann_depth`` go to ScaNN, deeper ones (users with thousands of
 ratings) to the exact searcher, as does any user for whom ScaNN returned too few
-unseen movies. Every user gets exactly ``N`` movies while the catalog has ``N`` unrated.
+unseen movies. Every user gets exactly ``N`` movies while the catalog has ``N`` unrated,
+and all the unrated ones (never a rated one) when it has fewer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Recommendations:
     embeddings: np.ndarray  # float32 [B, D]
     movie_ids: np.ndarray  # int64 [B, N], best first
     scores: np.ndarray  # float32 [B, N]
+    #: int64 [B]: how many of a row's N are recommendations. N, except for a user with
+    #: fewer than N unrated movies left in the catalog: the rest of that row is padding.
+    counts: np.ndarray
 
 
 #: Bytes of the per-chunk "rated" marks in :func:`drop_seen` (rows x largest movie id).
@@ -43,8 +47,9 @@ def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.nd
               seen_ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First ``n`` candidates per row that the row's user has not rated.
 
-    Returns (ids [B, n], scores [B, n], complete [B]); ``complete`` is False where fewer
-    than ``n`` unrated candidates were found (those rows need a deeper search).
+    Returns (ids [B, n], scores [B, n], found [B]); ``found`` counts a row's unrated
+    candidates among its ``n``, which come first; ``found < n`` rows need a deeper search
+    (or, at the whole catalog's depth, have fewer than ``n`` movies left to recommend).
 
     Membership: a few rows at a time, each row's rated ids are marked in a boolean array
     indexed by (row, movie id), the candidates read their marks, and the marks are cleared.
@@ -63,9 +68,8 @@ def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.nd
     order = np.argsort(bad, axis=1, kind="stable")[:, :n]
     ids = np.take_along_axis(cand_ids, order, axis=1)
     scores = np.take_along_axis(cand_scores, order, axis=1)
-    complete = ~np.take_along_axis(bad, order, axis=1).any(axis=1) if depth >= n else \
-        np.zeros(rows, bool)
-    return ids, scores, complete
+    found = (~np.take_along_axis(bad, order, axis=1)).sum(axis=1)
+    return ids, scores, found
 
 
 def _rated_marks(cand_ids: np.ndarray, seen_offsets: np.ndarray, seen_ids: np.ndarray,
@@ -113,6 +117,7 @@ def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
     n = min(n, catalog)
     out_ids = np.zeros((users, n), np.int64)
     out_scores = np.zeros((users, n), np.float32)
+    counts = np.full(users, n, np.int64)
     need = np.minimum(catalog, n + np.diff(offsets))
     bucket = np.minimum(catalog, 2 ** np.ceil(np.log2(np.maximum(need, 2))).astype(np.int64))
     todo = np.ones(users, bool)
@@ -123,7 +128,8 @@ def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
                 continue
             ids, scores = searcher.search(emb[rows], int(depth))
             s_off, s_ids = _rows_csr(offsets, movie_ids, rows)
-            top, top_scores, complete = drop_seen(ids, scores, s_off, s_ids, n)
+            top, top_scores, found = drop_seen(ids, scores, s_off, s_ids, n)
+            complete = found == n
             done = rows[complete]
             out_ids[done], out_scores[done] = top[complete], top_scores[complete]
             todo[done] = False
@@ -131,9 +137,9 @@ def recommend(tower: UserTower, scann: MovieSearcher, exact: MovieSearcher, *,
         rows = np.flatnonzero(todo)
         ids, scores = exact.search(emb[rows], catalog)
         s_off, s_ids = _rows_csr(offsets, movie_ids, rows)
-        top, top_scores, _ = drop_seen(ids, scores, s_off, s_ids, n)
-        out_ids[rows], out_scores[rows] = top, top_scores
-    return Recommendations(emb, out_ids, out_scores)
+        top, top_scores, found = drop_seen(ids, scores, s_off, s_ids, n)
+        out_ids[rows], out_scores[rows], counts[rows] = top, top_scores, found
+    return Recommendations(emb, out_ids, out_scores, counts)
 
 
 # ---------------------------------------------------------------------------- worker cache

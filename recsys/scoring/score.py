@@ -174,7 +174,7 @@ def score_batch(batch: pa.RecordBatch, tower, scann, exact, *, top_n: int,
     stamp = _stamp(batch.num_rows, model_version, run_id)
     emb = recs.embeddings.astype(np.float32)
     return (pa.RecordBatch.from_arrays(
-                [users, ranked_movies(recs.movie_ids, recs.scores), *stamp],
+                [users, ranked_movies(recs.movie_ids, recs.scores, recs.counts), *stamp],
                 schema=RECOMMENDATIONS),
             pa.RecordBatch.from_arrays(
                 [users, fixed_lists(pa.array(emb.reshape(-1)), emb.shape[0], emb.shape[1],

@@ -13,6 +13,7 @@ from recsys.model.export import save_user_tower
 from recsys.model.serving import load_user_tower
 from recsys.model.inputs import MovieCatalog
 from recsys.model.towers import HistoryUserTower
+from recsys.csr import ranked_movies
 from recsys.scoring.recommend import drop_seen, recommend
 from tests.model.conftest import movie_tables
 
@@ -45,10 +46,10 @@ def parts(tmp_path_factory):
 def test_drop_seen_by_hand():
     ids = np.array([[5, 3, 9, 1], [2, 4, 6, 8]])
     scores = np.array([[4, 3, 2, 1], [4, 3, 2, 1]], np.float32)
-    top, top_scores, complete = drop_seen(ids, scores, np.array([0, 2, 5]),
-                                          np.array([3, 1, 2, 4, 6]), 2)
+    top, top_scores, found = drop_seen(ids, scores, np.array([0, 2, 5]),
+                                       np.array([3, 1, 2, 4, 6]), 2)
     assert top.tolist() == [[5, 9], [8, 2]]
-    assert complete.tolist() == [True, False]
+    assert found.tolist() == [2, 1]  # the second user has one unrated candidate, 8
     assert top_scores[0].tolist() == [4, 2]
 
 
@@ -72,14 +73,14 @@ def test_drop_seen_matches_a_per_user_set_difference(monkeypatch, marks_bytes, i
     cand[3, :20] = seen[3][:20]  # rated candidates at the top of a list
     scores = -np.sort(rng.random((users, depth)).astype(np.float32), axis=1)
     scores[1, 5] = np.nan  # a candidate without a finite score is never kept
-    top, top_scores, complete = drop_seen(cand, scores, offsets, np.concatenate(seen), n)
+    top, top_scores, found = drop_seen(cand, scores, offsets, np.concatenate(seen), n)
     for u in range(users):
         keep = ~np.isin(cand[u], seen[u]) & np.isfinite(scores[u])
         want = cand[u][keep][:n]
         assert top[u][:want.size].tolist() == want.tolist()
         assert top_scores[u][:want.size].tolist() == scores[u][keep][:n].tolist()
-        assert complete[u] == (want.size == n)
-    assert not complete[5] and complete[0]
+        assert found[u] == want.size
+    assert found[5] < n and found[0] == n
 
 
 def test_every_user_gets_n_unrated_movies_even_with_thousands_rated(parts):
@@ -116,6 +117,28 @@ def test_n_larger_than_the_unrated_catalog_is_capped_at_the_catalog(parts):
                      n=N_MOVIES + 5)
     assert recs.movie_ids.shape == (1, N_MOVIES)
     assert sorted(recs.movie_ids[0].tolist()) == sorted(ids.tolist())
+    assert recs.counts.tolist() == [N_MOVIES]
+
+
+def test_a_user_with_fewer_than_n_unrated_movies_gets_those_and_no_rated_one(parts):
+    tower, _, ids, scann, exact = parts
+    rated = [ids[:N_MOVIES - 4], ids[:1], ids[:0]]  # 4, N - 1 and N movies left unrated
+    offsets = np.concatenate([[0], np.cumsum([r.size for r in rated])])
+    flat = np.concatenate(rated)
+    for n in (10, N_MOVIES + 5):
+        recs = recommend(tower, scann, exact, user_ids=np.arange(3) + 1, offsets=offsets,
+                         movie_ids=flat, ratings=np.full(flat.size, 4.0, np.float32), n=n)
+        want = [4, min(n, N_MOVIES - 1), min(n, N_MOVIES)]
+        assert recs.counts.tolist() == want
+        for u, r in enumerate(rated):
+            got = recs.movie_ids[u, :want[u]].tolist()
+            assert len(set(got)) == want[u] and not set(got) & set(r.tolist())
+        column = ranked_movies(recs.movie_ids, recs.scores, recs.counts)
+        assert [len(row) for row in column.to_pylist()] == want
+        assert column[0].values.field("movie_id").to_pylist() == \
+            recs.movie_ids[0, :4].tolist()
+        assert column[0].values.field("score").to_numpy().tolist() == \
+            recs.scores[0, :4].tolist()
 
 
 def test_length_sorted_narrow_batches_embed_like_full_width_windows(parts):
