@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import logging
 import math
 import re
 import tomllib
@@ -596,8 +597,10 @@ def dump_toml(config: Config) -> str:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every job shares: a TOML file, the artifact root, and overrides."""
     parser.add_argument(
-        "--conf-file", default=None, help="TOML configuration file (e.g. conf/prod.toml)."
-    )
+        "--conf-file", default=None,
+        help="TOML configuration file (e.g. conf/prod.toml). Without one: recsys/config.py's "
+             "defaults, sized for the full-scale corpus; conf/default.toml is the embedded "
+             "corpus's (what `make run` uses).")
     parser.add_argument(
         "--artifact-root",
         default=None,
@@ -617,4 +620,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = load_config(args.conf_file, args.overrides)
     if getattr(args, "artifact_root", None):
         config = config.replace(artifact_root=args.artifact_root)
+    if args.conf_file is None and config.data.input == DataConfig().input \
+            and config.model == ModelConfig() and config.train == TrainConfig():
+        logging.getLogger(__name__).warning(
+            "no --conf-file: the embedded corpus (%s) with the model and training defaults "
+            "of recsys/config.py, which are sized for the full-scale corpus; pass "
+            "--conf-file conf/default.toml for the embedded corpus's (what `make run` uses)",
+            config.data.input)
     return config

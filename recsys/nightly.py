@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from recsys import artifacts, io
-from recsys.config import Config, dump_toml
+from recsys.config import Config, ConfigError, dump_toml
 from recsys.spark import ScratchDir, local_master, scratch_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,13 +90,19 @@ class NightlyResult:
 class Lock:
     """An exclusive, non-blocking ``flock`` on a local file, held for the whole run."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, setting: str = "nightly.lock_file") -> None:
         self.path = path
+        self.setting = setting  # the configuration key that placed it, for errors
         self.fd: int | None = None
 
     def __enter__(self) -> "Lock":
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the lock file {self.path} ({exc.strerror or exc}): set "
+                f"{self.setting} to a writable local path") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -194,6 +200,16 @@ class Runner:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+def _open_log(path: str) -> IO[str]:
+    """The run's log file, in ``nightly.log_dir`` (created when missing)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run's log {path} ({exc.strerror or exc}): set "
+                          "nightly.log_dir to a writable local directory") from None
 
 
 @contextmanager
@@ -305,11 +321,10 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     run_id = run_id or artifacts.new_run_id()
     run_date = artifacts.run_date(run_date)
     root = io.normalize_uri(config.artifact_root)
-    os.makedirs(n.log_dir, exist_ok=True)
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
-    with Lock(lock_path) as lock, open(log_file, "a", encoding="utf-8") as log, \
-            _scratch(config) as scratch:
+    lock = Lock(lock_path, setting="nightly.lock_file" if n.lock_file else "nightly.log_dir")
+    with lock, _open_log(log_file) as log, _scratch(config) as scratch:
         assert lock.fd is not None and scratch.fd is not None
         runner = Runner(log, (lock.fd, scratch.fd), echo)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}

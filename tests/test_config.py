@@ -162,3 +162,19 @@ def test_dump_round_trip(tmp_path):
     f = tmp_path / "out.toml"
     f.write_text(dump_toml(cfg))
     assert load_config(f) == cfg
+
+
+def test_the_embedded_corpus_with_the_full_scale_model_is_warned_about(caplog):
+    import argparse
+
+    from recsys.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    warned = []
+    for argv in ([], ["--conf-file", "conf/default.toml"], ["--set", "data.input=/data/ml-25m"],
+                 ["--set", "train.epochs=8"]):
+        caplog.clear()
+        config_from_args(parser.parse_args(argv))
+        warned.append("pass --conf-file conf/default.toml" in caplog.text)
+    assert warned == [True, False, False, False]

@@ -173,6 +173,18 @@ def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_nig
     assert not night(base, "2026-11-22").exists()
 
 
+@pytest.mark.parametrize("key", ["nightly.log_dir", "nightly.lock_file"])
+def test_a_log_or_lock_place_that_cannot_be_written_is_a_configuration_error(tmp_path, key):
+    (tmp_path / "a-file").write_text("")
+    done = subprocess.run(
+        [*args(tmp_path, "2026-11-22"), "--set", f"{key}={tmp_path / 'a-file' / 'x'}"],
+        env=env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "nightly: configuration error: cannot " in done.stderr
+    assert f"set {key}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
 def test_a_failing_stage_is_named_by_the_exit_code(first_night, tmp_path):
     base, _ = first_night
     done = subprocess.run(args(base, "2026-11-22", source=tmp_path / "missing-release"),
