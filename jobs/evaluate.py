@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         from recsys.evaluation.evaluate import run_evaluate
         from recsys.spark import build_session
 
-        config = config_from_args(args)
+        config = config_from_args(args, trains=True)
         spark = build_session("movielens-recs evaluate",
                               dataclasses.replace(config.spark, hive_catalog=False))
         try:

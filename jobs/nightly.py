@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from recsys.nightly import EXIT_LOCKED, LockedError, run_nightly
 
-        config = config_from_args(args)
+        config = config_from_args(args, trains=True)
         if args.input:
             config = config.with_input(args.input)
         try:

@@ -13,7 +13,7 @@ Exit codes: 0 ok, 2 configuration, 1 other.
 
 import sys
 
-from recsys import cli
+from recsys import cli, io
 from recsys.config import ConfigError, add_config_arguments, config_from_args
 
 
@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         if keep < 1:
             raise ConfigError(f"--keep must be >= 1, got {keep} (nightly.keep_runs = 0 "
                               "means keep everything: give --keep N to prune by hand)")
+        if not io.is_dir(io.normalize_uri(config.artifact_root)):
+            raise ConfigError(f"artifact root {config.artifact_root} does not exist: nothing "
+                              "to prune there (check --artifact-root or artifact_root); the "
+                              "log directory was not touched either")
         pruned = prune(config.artifact_root, keep, log_dir=config.nightly.log_dir,
                        table_root=config.score.table_root, dry_run=args.dry_run)
         for uri in pruned.removed:

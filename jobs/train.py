@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from recsys.model.train import run_train
 
-        config = config_from_args(args)
+        config = config_from_args(args, trains=True)
         result = run_train(config, run_id=args.run_id, preprocess_run=args.preprocess_run)
         val = result.metrics["validation"]
         model, popular = val["model"], val["most_popular"]

@@ -616,11 +616,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, *, trains: bool = False) -> Config:
+    """The job's configuration. ``trains``: the job trains a model (train, evaluate, the
+    nightly), so running it on the embedded corpus with the full-scale model is warned of."""
     config = load_config(args.conf_file, args.overrides)
     if getattr(args, "artifact_root", None):
         config = config.replace(artifact_root=args.artifact_root)
-    if args.conf_file is None and config.data.input == DataConfig().input \
+    if trains and args.conf_file is None and config.data.input == DataConfig().input \
             and config.model == ModelConfig() and config.train == TrainConfig():
         logging.getLogger(__name__).warning(
             "no --conf-file: the embedded corpus (%s) with the model and training defaults "

@@ -175,6 +175,9 @@ def test_the_embedded_corpus_with_the_full_scale_model_is_warned_about(caplog):
     for argv in ([], ["--conf-file", "conf/default.toml"], ["--set", "data.input=/data/ml-25m"],
                  ["--set", "train.epochs=8"]):
         caplog.clear()
-        config_from_args(parser.parse_args(argv))
+        config_from_args(parser.parse_args(argv), trains=True)
         warned.append("pass --conf-file conf/default.toml" in caplog.text)
     assert warned == [True, False, False, False]
+    caplog.clear()
+    config_from_args(parser.parse_args([]))  # a job that trains nothing: no model to warn of
+    assert "conf/default.toml" not in caplog.text

@@ -4,6 +4,7 @@ the local filesystem; the nightly's own pruning is tested in tests/pipeline."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,13 @@ def test_the_job_lists_a_dry_run_and_refuses_keep_zero(history, job_env):
                          timeout=120)
     assert bad.returncode == 2 and "--keep must be >= 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+    logs_before = sorted(os.listdir(logs))
+    typo = subprocess.run([sys.executable, str(REPO / "jobs" / "prune_artifacts.py"),
+                           "--artifact-root", f"{root}-typo", "--set", f"nightly.log_dir={logs}",
+                           "--keep", "1"], env=job_env, capture_output=True, text=True,
+                          timeout=120)
+    assert typo.returncode == 2 and f"artifact root {root}-typo does not exist" in typo.stderr
+    assert sorted(os.listdir(logs)) == logs_before  # the logs beside the real root are kept
 
 
 def test_an_unreadable_manifest_of_a_run_in_use_stops_the_pruning_before_anything_goes(history):
