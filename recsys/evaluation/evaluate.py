@@ -241,6 +241,13 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
     # input leaves no evaluate run behind (as the index stage), only the error.
     train_dir = artifacts.resolve(root, "train", train_run)
     train_manifest = artifacts.verify(train_dir)
+    kind = train_manifest.get("config", {}).get("model", {}).get("kind", "history")
+    if kind != "history":
+        raise artifacts.ArtifactError(
+            f"train run {train_manifest['run_id']} is a '{kind}' model (one embedding per "
+            "training user): the evaluation embeds its held-out users from their histories, "
+            "which only a 'history' model can do; evaluate a model.kind = \"history\" run "
+            "(--train-run)")
     preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest), \

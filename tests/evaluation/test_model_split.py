@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recsys import artifacts, io
-from recsys.config import Config
+from recsys.config import Config, ModelConfig, TrainConfig
 from recsys.evaluation.evaluate import models_preprocess_run, run_evaluate
 
 
@@ -41,12 +41,12 @@ def test_the_models_run_removed_by_hand_is_said_so(tmp_path):
         models_preprocess_run(root, MODEL)
 
 
-def _model(root, run_id, trained_on):
+def _model(root, run_id, trained_on, config=Config()):
     run_dir = artifacts.stage_dir(root, "train", run_id)
     io.write_text(io.join(run_dir, "weights.txt"), "a model")
-    manifest = artifacts.Manifest("train", run_id, Config())
+    manifest = artifacts.Manifest("train", run_id, config)
     manifest["inputs"] = {"preprocess_run": trained_on}
-    artifacts.commit(root, "train", run_dir, manifest, Config())
+    artifacts.commit(root, "train", run_dir, manifest, config)
 
 
 def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(spark, tmp_path):
@@ -58,4 +58,9 @@ def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(spark, tmp_path):
     (tmp_path / "train" / "model-1" / "weights.txt").write_text("a modeL")
     with pytest.raises(artifacts.ArtifactError, match="weights.txt does not match its MD5"):
         run_evaluate(spark, config, run_id="e2")
+    mf = Config().replace(model=ModelConfig(kind="mf"), train=TrainConfig(objective="next_item"))
+    _model(root, "mf-1", "monday", mf)
+    with pytest.raises(artifacts.ArtifactError, match="train run mf-1 is a 'mf' model .*only a "
+                                                      "'history' model can do"):
+        run_evaluate(spark, config, run_id="e3")
     assert not (tmp_path / "evaluate").exists()
