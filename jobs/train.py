@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         val = result.metrics["validation"]
         model, popular = val["model"], val["most_popular"]
         counts = result.manifest["counts"]
-        print(
-            f"train: {config.model.kind} model, {counts['examples']} examples "
-            f"({counts['examples_per_s']}/s); validation recall@20 {model['recall@20']:.4f} "
-            f"(most-popular {popular['recall@20']:.4f}), ndcg@100 {model['ndcg@100']:.4f} "
-            f"(most-popular {popular['ndcg@100']:.4f}); wrote {result.run_dir}"
-        )
+        if counts["validation_users"]:
+            validation = (f"validation recall@20 {model['recall@20']:.4f} (most-popular "
+                          f"{popular['recall@20']:.4f}), ndcg@100 {model['ndcg@100']:.4f} "
+                          f"(most-popular {popular['ndcg@100']:.4f})")
+        else:
+            validation = "no validation users (the last epoch kept)"
+        print(f"train: {config.model.kind} model, {counts['examples']} examples "
+              f"({counts['examples_per_s']}/s); {validation}; wrote {result.run_dir}")
         return 0
 
     return cli.run_main("train", body)

@@ -32,14 +32,14 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from recsys import artifacts, io
-from recsys.config import Config, EvaluateConfig
+from recsys.config import Config, ConfigError, EvaluateConfig
 from recsys.csr import list_column
 from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
 from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k,
                                        paired_bootstrap, per_user, recall_at_k, top_k_exact)
 from recsys.evaluation.models import AlsFit, AlsScorer, Ease, MostPopular, TwoTower
-from recsys.evaluation.protocols import (TEST, VALIDATION, Corpus, Protocol,
+from recsys.evaluation.protocols import (ROLES, TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,20 @@ def models_preprocess_run(root: str, train_manifest: dict[str, Any],
     return artifacts.resolve(root, "preprocess", trained_on)
 
 
+def _check_held_out_users(corpus: Corpus, preprocess_run: str) -> None:
+    """The evaluation needs validation users (ALS is tuned on them) and test users (the
+    held-out protocol scores them); a split without either is refused, not scored as NaN."""
+    missing = [ROLES[role] for role in (VALIDATION, TEST) if not (corpus.roles == role).any()]
+    if missing:
+        raise ConfigError(
+            f"preprocess run {preprocess_run} has no {' and no '.join(missing)} users, which "
+            "the evaluation needs (ALS is tuned on the validation users, the held-out protocol "
+            "scores the test users): evaluate a model trained on a run whose "
+            "split.validation_users_fraction and split.test_users_fraction are above 0 (of "
+            "the users with at least split.min_positives positives), or set "
+            "nightly.evaluate = false")
+
+
 def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = None,
                  preprocess_run: str | None = None, train_run: str | None = None
                  ) -> EvaluateResult:
@@ -256,6 +270,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         os.makedirs(out)
         with manifest.timed("load"):
             corpus = load_corpus(preprocess_dir)
+        _check_held_out_users(corpus, train_manifest["inputs"]["preprocess_run"])
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
                               "model_version": train_manifest["run_id"]}
         results: dict[str, Any] = {

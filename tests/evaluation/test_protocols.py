@@ -95,3 +95,21 @@ def test_held_out_protocols_share_their_training_users_and_the_others_do_not():
     assert test_fit.same(held_out_users(c, VALIDATION).fit)
     assert not test_fit.same(temporal(c).fit)  # same users, last ratings left out
     assert not test_fit.same(random_split(c, seed=0, test_fraction=0.5).fit)
+
+
+def test_a_split_without_validation_or_test_users_is_refused_not_scored_as_nan():
+    import dataclasses
+
+    from recsys.config import ConfigError
+    from recsys.evaluation.evaluate import _check_held_out_users
+
+    c = corpus()  # one test user, no validation user
+    with pytest.raises(ConfigError, match="preprocess run p1 has no validation users, which "
+                                          "the evaluation needs"):
+        _check_held_out_users(c, "p1")
+    no_test = dataclasses.replace(c, roles=np.array([TRAIN] * 4, np.int8))
+    with pytest.raises(ConfigError, match="has no validation and no test users.*"
+                                          "nightly.evaluate = false"):
+        _check_held_out_users(no_test, "p1")
+    both = dataclasses.replace(c, roles=np.array([TRAIN, VALIDATION, TRAIN, TEST], np.int8))
+    _check_held_out_users(both, "p1")
