@@ -16,9 +16,9 @@ from recsys.data.download import BASE_URL, RELEASES, download_release, print_pro
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("release", choices=RELEASES, help="Release name.")
-    p.add_argument("--dest", default="data/downloads", help="Directory for the zip.")
-    p.add_argument("--base-url", default=BASE_URL, help="Mirror of the GroupLens datasets.")
-    p.add_argument("--timeout", type=float, default=10.0, help="Seconds per network operation.")
+    p.add_argument("--dest", default="data/downloads", help="Directory for the zip (default: %(default)s).")
+    p.add_argument("--base-url", default=BASE_URL, help="Mirror of the GroupLens datasets (default: %(default)s).")
+    p.add_argument("--timeout", type=float, default=10.0, help="Seconds per network operation (default: %(default)s).")
     args = p.parse_args(argv)
     cli.setup_logging()
 
