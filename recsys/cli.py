@@ -14,6 +14,7 @@ from typing import Callable
 from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
+from recsys.io import ArtifactIOError
 from recsys.publish import CatalogUnavailableError
 from recsys.spark import SparkStartError
 
@@ -30,6 +31,7 @@ _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, EXIT_CONFIG, "configuration error"),
     (InputDataError, EXIT_INPUT, "input data error"),
     (ArtifactError, EXIT_ARTIFACT, "artifact error"),
+    (ArtifactIOError, EXIT_ARTIFACT, "artifact storage error"),
     (CatalogUnavailableError, EXIT_CATALOG, "catalog error"),
     (SparkStartError, EXIT_SPARK_START, "Spark did not start"),
 )

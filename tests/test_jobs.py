@@ -91,3 +91,23 @@ def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job
             "started") in proc.stderr
     assert "spark.driver_memory ('100000t')" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("job, where, code, message", [
+    ("preprocess", ["--input", "http://example.invalid/ml-25m.zip"], 3,
+     "preprocess: input data error: input http://example.invalid/ml-25m.zip: cannot open a "
+     "filesystem for http://example.invalid/ml-25m.zip: Unrecognized filesystem type"),
+    ("train", ["--artifact-root", "gopher://example.invalid/art"], 4,
+     "train: artifact storage error: cannot open a filesystem for gopher://example.invalid/art"),
+])
+def test_a_uri_no_filesystem_serves_is_said_with_its_exit_code(tmp_path, job_env, job, where,
+                                                                 code, message):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / f"jobs/{job}.py"), "--conf-file",
+         str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art"), *where],
+        capture_output=True, text=True, timeout=300, env=job_env, cwd=tmp_path,
+    )
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    if job == "preprocess":
+        assert "download it first (e.g. jobs/download_movielens.py)" in proc.stderr

@@ -111,6 +111,13 @@ def open_release(
 ) -> Release:
     """Find the release files and their layout; missing required or empty files are errors."""
     source_uri = io.normalize_uri(source)
+    try:
+        io.exists(source_uri)
+    except io.ArtifactIOError as exc:  # a scheme with no filesystem, an unreachable cluster
+        hint = ("; a release on a web server is not read in place: download it first (e.g. "
+                "jobs/download_movielens.py) and give the local .zip"
+                if source_uri.lower().startswith(("http://", "https://")) else "")
+        raise InputFileError(f"input {source}: {exc}{hint}") from None
     if source_uri.lower().endswith(".zip"):
         directory = extract_zip(source_uri, work_uri)
     elif io.is_dir(source_uri):
