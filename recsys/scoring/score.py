@@ -303,6 +303,14 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                     for key in names}
 
         similar_staging = stage_partition(uris["similar_movies"], run_date, run_id)
+        try:  # on the driver, before a task fails on it after scoring its users
+            for directory in (*staging.values(), similar_staging):
+                io.makedirs(directory)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the tables under {table_root} ({exc}): set score.table_root "
+                "(by default <artifact_root>/tables) to a place this job and its executors "
+                "can write") from None
         with ThreadPoolExecutor(2, thread_name_prefix="score-driver") as pool:
             catalog = pool.submit(prepare_tables)
             similar_rows = pool.submit(stage_similar_movies, index_dir, similar_staging,

@@ -195,6 +195,17 @@ def test_speculative_tasks_are_refused_before_anything_is_staged(scored, tmp_pat
     assert not tables.exists()
 
 
+def test_a_table_root_that_cannot_be_written_is_said_before_scoring(scored, tmp_path):
+    root, meta, _ = scored
+    (tmp_path / "a-file").write_text("")
+    run = score(root, meta, "--set", f"score.table_root={tmp_path / 'a-file' / 'tables'}")
+    said = run.stdout + run.stderr
+    assert run.returncode == 2, said[-3000:]
+    assert (f"score_all_users: configuration error: cannot write the tables under "
+            f"{tmp_path / 'a-file' / 'tables'}") in said and "set score.table_root" in said
+    assert "PythonException" not in said and "Traceback" not in said
+
+
 HOLD_METASTORE = """
 import sys, time
 from recsys.config import SparkConfig
