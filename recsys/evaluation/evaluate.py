@@ -159,6 +159,20 @@ def als_scorer(spark: SparkSession, tuned: AlsFit, protocol: Protocol,
     return AlsScorer(fit, protocol.query)
 
 
+def not_run(corpus: Corpus, cfg: EvaluateConfig) -> list[str]:
+    """What the configuration leaves out of this evaluation, said in the report."""
+    notes = []
+    if corpus.n_movies > cfg.ease_max_movies:
+        notes.append(f"EASE, on every protocol: the catalog has {corpus.n_movies:,} movies, "
+                     f"more than evaluate.ease_max_movies = {cfg.ease_max_movies:,} (EASE "
+                     "holds a dense movies x movies matrix).")
+    if not cfg.random_split_two_tower:
+        notes.append("the two-tower model on the random split: "
+                     "evaluate.random_split_two_tower = false (it is retrained on the 80% "
+                     "to be scored there).")
+    return notes
+
+
 def ease_scorer(protocol: Protocol, n_movies: int, cfg: EvaluateConfig) -> Ease | None:
     """EASE fitted on ``protocol.fit``; None when the catalog is over
     ``evaluate.ease_max_movies`` (EASE needs a dense movies x movies matrix)."""
@@ -276,7 +290,9 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
         results: dict[str, Any] = {
             "run_id": run_id, "model_version": train_manifest["run_id"],
             "preprocess_run": os.path.basename(preprocess_dir.rstrip("/")),
-            "movies": corpus.n_movies, "protocols": []}
+            "movies": corpus.n_movies, "protocols": [], "not_run": not_run(corpus, cfg)}
+        for note in results["not_run"]:
+            log.warning("not run: %s", note)
         with manifest.timed("tune_als"):
             als_tuned, tried = tune_als(spark, corpus, config)
         als_settings = als_tuned.settings

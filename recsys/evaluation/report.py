@@ -99,6 +99,8 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         lines += ["ALS settings, picked by Recall@20 on the validation users: "
                   + ", ".join(f"{k}={v}" for k, v in results["als_tuning"]["best"].items())
                   + ".", ""]
+    for note in results.get("not_run", []):
+        lines += [f"Not run: {note}", ""]
     for proto in results["protocols"]:
         lines += [f"## {proto['name']}", "", proto["description"] + ".", ""]
         metrics = list(next(iter(proto["models"].values())).keys())

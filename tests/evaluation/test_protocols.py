@@ -113,3 +113,19 @@ def test_a_split_without_validation_or_test_users_is_refused_not_scored_as_nan()
         _check_held_out_users(no_test, "p1")
     both = dataclasses.replace(c, roles=np.array([TRAIN, VALIDATION, TRAIN, TEST], np.int8))
     _check_held_out_users(both, "p1")
+
+
+def test_what_the_configuration_leaves_out_is_said_in_the_report():
+    from recsys.config import EvaluateConfig
+    from recsys.evaluation.evaluate import not_run
+    from recsys.evaluation.report import markdown
+
+    c = corpus()  # 6 movies
+    assert not_run(c, EvaluateConfig()) == []
+    notes = not_run(c, EvaluateConfig(ease_max_movies=5, random_split_two_tower=False))
+    assert notes[0].startswith("EASE, on every protocol: the catalog has 6 movies, more than "
+                               "evaluate.ease_max_movies = 5")
+    assert "evaluate.random_split_two_tower = false" in notes[1] and len(notes) == 2
+    page = markdown({"run_id": "e1", "model_version": "m1", "preprocess_run": "p1",
+                     "movies": 6, "protocols": [], "not_run": notes}, {})
+    assert f"Not run: {notes[0]}" in page and f"Not run: {notes[1]}" in page

@@ -106,6 +106,7 @@ def test_the_first_night_evaluates_every_protocol_against_the_baselines(first_ni
     for png in ("recall_at_k.png", "popularity.png", "movie_embeddings.png"):
         assert (run / png).stat().st_size > 5_000 and f"]({png})" in report
     assert "| EASE |" in report and "## temporal next-item" in report
+    assert metrics["not_run"] == [] and "Not run:" not in report
     # each protocol compares the two-tower model with every baseline, user by user; the
     # bootstrap's difference is the one of the metrics table, inside its interval
     for proto in metrics["protocols"]:
