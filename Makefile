@@ -23,6 +23,7 @@ RELEASE ?= ml-25m
 help:
 	@echo "make run               set up, then run the nightly pipeline on data/ml-latest-small"
 	@echo "make test              set up, then run the tests"
+	@echo "make preprocess|train|index|score|evaluate  one stage on the embedded corpus (ARTIFACTS=dir, default artifacts)"
 	@echo "make corpus            generate the full-scale synthetic corpus ($(SYNTHETIC))"
 	@echo "make download RELEASE=ml-25m  fetch an official release (MD5-checked) into data/downloads"
 	@echo "make bench-preprocess  time preprocessing of the full-scale corpus"
