@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import re
+import shlex
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -439,6 +440,15 @@ class NightlyConfig:
 
     def __post_init__(self) -> None:
         _Check("nightly", self).at_least(0, "max_model_age_hours", "keep_runs")
+        for key in ("spark_submit_args", "score_java_options"):
+            try:
+                words = shlex.split(getattr(self, key))
+            except ValueError as exc:  # an unclosed quote
+                raise ConfigError(f"nightly.{key} is not a valid command line ({exc}): "
+                                  f"{getattr(self, key)!r}") from None
+            if key == "spark_submit_args" and words and words[-1] == "--master":
+                raise ConfigError("nightly.spark_submit_args ends with --master and no "
+                                  "master after it")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,7 +180,8 @@ class Runner:
         assert self.child.stdout is not None
         for line in self.child.stdout:
             self.log.write(line)
-            tail = (tail + [line.rstrip()])[-15:]
+            if not _STACK_FRAME.match(line):  # a JVM's stack would push its message out
+                tail = (tail + [line.rstrip()])[-15:]
         self.log.flush()
         code = self.child.wait()
         self.child = None
@@ -248,11 +251,37 @@ def _stage_env() -> dict[str, str]:
     return env
 
 
+#: A line of a Java stack trace ("\tat org...", "\t... 12 more", "Caused by" is kept).
+_STACK_FRAME = re.compile(r"^\s+(at |\.\.\. \d+ more)")
+
+
+def _failure_reason(tail: list[str], job: str) -> str:
+    """The line that says why a stage failed: the job's own error line, else the last
+    exception or error message (spark-submit's, the JVM's), else the last line."""
+    said = next((ln for ln in reversed(tail) if f"{job}:" in ln), None)
+    if said is None:
+        said = next((ln for ln in reversed(tail) if "Exception" in ln or "Error" in ln), None)
+    return said if said is not None else (tail[-1] if tail else "")
+
+
+def _spark_submit(config: Config) -> str:
+    """The spark-submit the Spark stages run: ``nightly.spark_submit``, or the one next to
+    this Python; checked before the night starts."""
+    given = config.nightly.spark_submit
+    path = given or str(Path(sys.executable).parent / "spark-submit")
+    if shutil.which(path) is None:
+        raise ConfigError(
+            f"spark-submit not found or not executable: {path} ("
+            + ("nightly.spark_submit" if given else "none next to this Python: install "
+               "pyspark in this environment, or set nightly.spark_submit") + ")")
+    return path
+
+
 def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
                    ) -> dict[str, list[str]]:
     """The command line of every stage, as cron would type it."""
     n = config.nightly
-    spark_submit = n.spark_submit or str(Path(sys.executable).parent / "spark-submit")
+    spark_submit = _spark_submit(config)
     log4j = REPO / "conf" / "log4j2.properties"
     submit = [spark_submit, *shlex.split(n.spark_submit_args)]
     if _given_master(submit) is None:
@@ -321,6 +350,7 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     run_id = run_id or artifacts.new_run_id()
     run_date = artifacts.run_date(run_date)
     root = io.normalize_uri(config.artifact_root)
+    _spark_submit(config)  # a night that cannot start its Spark stages is not begun
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
     lock = Lock(lock_path, setting="nightly.lock_file" if n.lock_file else "nightly.log_dir")
@@ -392,8 +422,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             break
         wall = round(time.perf_counter() - start, 1)
         if code != 0:
-            reason = next((ln for ln in reversed(tail) if f"{_job_name(stage)}:" in ln),
-                          tail[-1] if tail else "")
+            reason = _failure_reason(tail, _job_name(stage))
             results.append(StageResult(stage, "failed", wall, code, reason=reason))
             runner.note(f"{stage}: FAILED with exit code {code} after {wall:.1f} s: {reason}")
             exit_code = EXIT_STAGE_BASE + number

@@ -60,6 +60,13 @@ def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
     ("score_all_users", ["--run-date", "2026-12-3"], "--run-date must be a date written YYYY-MM-DD"),
     ("train", ["--run-id", "../elsewhere"], "--run-id must be a plain name"),
     ("build_index", ["--run-id", "LATEST"], "--run-id must be a plain name"),
+    ("nightly", ["--set", "nightly.spark_submit=/nonexistent/spark-submit"],
+     "spark-submit not found or not executable: /nonexistent/spark-submit "
+     "(nightly.spark_submit)"),
+    ("nightly", ["--set", "nightly.spark_submit_args=--conf 'a=b"],
+     "nightly.spark_submit_args is not a valid command line (No closing quotation)"),
+    ("nightly", ["--set", "nightly.spark_submit_args=--master"],
+     "nightly.spark_submit_args ends with --master and no master after it"),
 ])
 def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad, message):
     """A bad value stops the job up front, with one line naming the key, not a traceback

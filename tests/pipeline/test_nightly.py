@@ -174,6 +174,36 @@ def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_nig
     assert not night(base, "2026-11-22").exists()
 
 
+JAVA_FAILURE = """
+import sys
+print("WARNING: Using incubator modules: jdk.incubator.vector")
+print('Exception in thread "main" org.apache.spark.SparkException: Master must either be '
+      'yarn or start with spark, k8s, or local')
+for i in range(40):
+    print(f"\\tat org.apache.spark.deploy.SparkSubmit.f{i}(SparkSubmit.scala:{i})")
+print("\\t... 12 more")
+sys.exit(1)
+"""
+
+
+def test_a_stage_that_fails_in_the_jvm_is_said_by_its_exception_not_a_stack_frame():
+    from io import StringIO
+
+    from recsys.nightly import Runner, _failure_reason
+
+    log = StringIO()
+    code, tail = Runner(log, echo=lambda line: None).run([sys.executable, "-c", JAVA_FAILURE],
+                                                          os.environ.copy())
+    assert code == 1 and "SparkSubmit.f39" in log.getvalue()  # the log keeps every line
+    assert _failure_reason(tail, "preprocess") == (
+        'Exception in thread "main" org.apache.spark.SparkException: Master must either be '
+        'yarn or start with spark, k8s, or local')
+    # the job's own line wins over a library's exception; with neither, the last line
+    assert _failure_reason(["ValueError: x", "preprocess: input data error: y", "z"],
+                           "preprocess") == "preprocess: input data error: y"
+    assert _failure_reason(["a", "b"], "preprocess") == "b" and _failure_reason([], "x") == ""
+
+
 @pytest.mark.parametrize("key", ["nightly.log_dir", "nightly.lock_file"])
 def test_a_log_or_lock_place_that_cannot_be_written_is_a_configuration_error(tmp_path, key):
     (tmp_path / "a-file").write_text("")
