@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.config import ConfigError
 from recsys.data.layouts import GENRES, NO_GENRES
 
 log = logging.getLogger(__name__)
@@ -268,12 +269,45 @@ def _write_csv(path: str, columns: dict[str, object], *, append: bool = False,
             out.write(memoryview(data)[offsets[0]: offsets[len(lines)]])
 
 
+#: First line of the README.txt every corpus starts with: a directory that holds other
+#: files (a MovieLens release, say) is never written into.
+README_MARK = "Synthetic MovieLens-format corpus, written by movielens-recs make_synthetic_corpus."
+
+
+def _claim_out_dir(out_dir: str, spec: SyntheticSpec) -> None:
+    """Create ``out_dir`` (or reuse one this generator wrote) and mark it as a corpus."""
+    readme = os.path.join(out_dir, "README.txt")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir} is a file, not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        try:
+            with open(readme, encoding="utf-8") as fh:
+                ours = fh.readline().strip() == README_MARK
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            found = ", ".join(sorted(os.listdir(out_dir))[:4])
+            raise ConfigError(f"--out {out_dir} holds files this command did not write "
+                              f"({found}, ...): give a new or empty directory; its files would "
+                              "be overwritten")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(readme, "w", encoding="utf-8") as fh:
+            fh.write(f"{README_MARK}\nNot GroupLens data: users, movies and ratings are drawn "
+                     f"at random (seed {spec.seed}) with {spec.users:,} users, {spec.movies:,} "
+                     f"movies and {spec.ratings:,} ratings, in the ml-25m file layout.\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the corpus to --out {out_dir}: "
+                          f"{exc.strerror or exc}") from None
+
+
 def generate(spec: SyntheticSpec, out_dir: str) -> dict[str, int]:
     """Write ratings.csv, movies.csv, tags.csv, links.csv, genome-scores.csv and
-    genome-tags.csv into ``out_dir``; returns row counts."""
+    genome-tags.csv (and a README.txt saying what they are) into ``out_dir``, which must be
+    new, empty or an earlier corpus; returns row counts."""
     spec = spec.resolved()
     spec.validate()
-    os.makedirs(out_dir, exist_ok=True)
+    _claim_out_dir(out_dir, spec)
     rng = np.random.default_rng(spec.seed)
     t0 = time.perf_counter()
     M, U, D = spec.movies, spec.users, spec.dim

@@ -135,3 +135,26 @@ def test_job_rejects_impossible_settings_before_writing(tmp_path, args, message)
     assert proc.returncode == 2
     assert f"make_synthetic_corpus: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_the_job_never_writes_over_files_it_did_not_write(corpus, tmp_path):
+    out, _ = corpus
+    assert (out / "README.txt").read_text().startswith("Synthetic MovieLens-format corpus")
+    job = [sys.executable, str(REPO / "jobs/make_synthetic_corpus.py"), "--users", "100",
+           "--movies", "50", "--ratings", "2400", "--out"]
+    release = tmp_path / "ml-latest-small"
+    release.mkdir()
+    (release / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1\n")
+    (tmp_path / "a-file").write_text("")
+    for where, said in ((release, "holds files this command did not write (ratings.csv"),
+                        (tmp_path / "a-file", "is a file, not a directory"),
+                        (tmp_path / "a-file" / "x", "cannot write the corpus to --out")):
+        proc = subprocess.run([*job, str(where)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "make_synthetic_corpus: configuration error: " in proc.stderr and said in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert (release / "ratings.csv").read_text().endswith("1,1,4.0,1\n")  # untouched
+    again = tmp_path / "again"
+    for _ in range(2):  # a corpus it wrote is written again
+        proc = subprocess.run([*job, str(again)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
