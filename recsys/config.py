@@ -102,8 +102,9 @@ MODEL_KINDS = ("history", "mf")
 SELECT_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@100")
 #: Spark's byte sizes (JavaUtils.byteStringAs: no fractions) and master URLs; a master
 #: with another scheme (an external cluster manager's) is left to Spark.
-_BYTES = r"[0-9]+([kmgtp]b?|b)?"
-_MASTER = (r"local(\[([0-9]+|\*)(,\s*[0-9]+)?\])?|local-cluster\[[0-9]+,\s*[0-9]+,\s*[0-9]+\]"
+_BYTES = r"0*[1-9][0-9]*([kmgtp]b?|b)?"
+_MASTER = (r"local(\[([1-9][0-9]*|\*)(,\s*[1-9][0-9]*)?\])?"
+           r"|local-cluster\[[1-9][0-9]*,\s*[1-9][0-9]*,\s*[1-9][0-9]*\]"
            r"|yarn|[a-z][a-z0-9+.-]*://\S+")
 #: Spark's log levels (``spark.log_level``, any case).
 SPARK_LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
@@ -370,10 +371,11 @@ class SparkConfig:
         check = _Check("spark", self).at_least(1, "shuffle_partitions").one_of(
             "log_level", SPARK_LOG_LEVELS, fold_case=True)
         for key in ("driver_memory", "max_partition_bytes"):
-            check.matches(key, _BYTES, "a whole number of bytes with an optional unit, e.g. "
-                                       "'6g', '512m' or '128mb'", fold_case=True)
+            check.matches(key, _BYTES, "a whole, positive number of bytes with an optional "
+                                       "unit, e.g. '6g', '512m' or '128mb'", fold_case=True)
         check.matches("master", _MASTER, "a Spark master URL: local, local[N], local[*], "
-                                         "local[N,F], yarn, spark://HOST:PORT, k8s://URL")
+                                         "local[N,F] (N, F >= 1), yarn, spark://HOST:PORT, "
+                                         "k8s://URL")
 
 
 @dataclass(frozen=True)
