@@ -492,6 +492,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ in (int, float, str, bool):
+        if typ is float and isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{key}: expected a number, got nan")
         if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
             return value
         raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
