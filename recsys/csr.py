@@ -45,12 +45,14 @@ def ranked_movies(ids: np.ndarray, scores: np.ndarray, counts: np.ndarray | None
     rows, width = ids.shape
     if counts is not None and (counts < width).any():
         keep = np.arange(width) < counts[:, None]
-        offsets = pa.array(np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32))
-        ids, scores = ids[keep], scores[keep]
-    else:
-        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
-    pairs = pa.StructArray.from_arrays(
+        offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), _pairs(ids[keep], scores[keep]),
+                                        type=MOVIE_SCORES)
+    return fixed_lists(_pairs(ids, scores), rows, width, MOVIE_SCORES)
+
+
+def _pairs(ids: np.ndarray, scores: np.ndarray) -> pa.StructArray:
+    return pa.StructArray.from_arrays(
         [pa.array(ids.reshape(-1).astype(np.int32)),
          pa.array(scores.reshape(-1).astype(np.float32))],
         fields=list(MOVIE_SCORES.value_type))
-    return pa.ListArray.from_arrays(offsets, pairs, type=MOVIE_SCORES)

@@ -56,7 +56,7 @@ def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.nd
     On the full-scale corpus (4,096 users x 256 candidates) that is 50 ms against 120 ms
     for a sorted lookup of (row, id) keys, which remains for ids too large to index.
     """
-    rows, depth = cand_ids.shape
+    rows = cand_ids.shape[0]
     bad = ~np.isfinite(cand_scores)
     if seen_ids.size and rows:
         lowest = min(int(seen_ids.min()), int(cand_ids.min()))
@@ -68,8 +68,7 @@ def drop_seen(cand_ids: np.ndarray, cand_scores: np.ndarray, seen_offsets: np.nd
     order = np.argsort(bad, axis=1, kind="stable")[:, :n]
     ids = np.take_along_axis(cand_ids, order, axis=1)
     scores = np.take_along_axis(cand_scores, order, axis=1)
-    found = (~np.take_along_axis(bad, order, axis=1)).sum(axis=1)
-    return ids, scores, found
+    return ids, scores, np.minimum((~bad).sum(axis=1), n)
 
 
 def _rated_marks(cand_ids: np.ndarray, seen_offsets: np.ndarray, seen_ids: np.ndarray,
