@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 
 _SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3"}
 _CHUNK = 8 << 20
+#: What to set when pyarrow's HDFS filesystem cannot load a native library (its error
+#: then lists every path the loader tried, one line each).
+_LIBRARY_HINTS = {
+    "Unable to load libjvm": "set JAVA_HOME to the JDK's directory",
+    "Unable to load libhdfs": "set ARROW_LIBHDFS_DIR (or HADOOP_HOME) to where Hadoop's "
+                              "libhdfs.so is",
+}
 
 
 class ArtifactIOError(OSError):
@@ -69,7 +76,16 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(target)
     except Exception as exc:  # pyarrow raises several types for unsupported schemes
-        raise ArtifactIOError(f"cannot open a filesystem for {uri}: {exc}") from None
+        raise ArtifactIOError(f"cannot open a filesystem for {uri}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a filesystem error, with what to set when it is a library that
+    could not be loaded (the lines after it list the paths tried)."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    first = lines[0]
+    hint = next((h for key, h in _LIBRARY_HINTS.items() if first.startswith(key)), None)
+    return f"{first}: {hint}" if hint else str(exc)
 
 
 def exists(uri: str) -> bool:

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +19,34 @@ def test_normalize_uri(tmp_path, monkeypatch):
     assert io.normalize_uri("hdfs://nn:8020/data/") == "hdfs://nn:8020/data"
     assert io.normalize_uri("s3a://bucket/key") == "s3a://bucket/key"
     assert io.join("hdfs://nn/data", "/a/", "b") == "hdfs://nn/data/a/b"
+
+
+def _open_hdfs(java_home: str) -> subprocess.CompletedProcess:
+    """io.exists on an HDFS URI in a fresh interpreter (pyarrow keeps a loaded libjvm)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ARROW_LIBHDFS_DIR", "HADOOP_HOME")}
+    env["JAVA_HOME"] = java_home
+    code = ("from recsys import io\n"
+            "try:\n    io.exists('hdfs://namenode.invalid:8020/x')\n"
+            "except io.ArtifactIOError as exc:\n    print(exc)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("jdk, message", [
+    (False, "Unable to load libjvm: set JAVA_HOME to the JDK's directory"),
+    (True, "Unable to load libhdfs: set ARROW_LIBHDFS_DIR (or HADOOP_HOME) to where "
+           "Hadoop's libhdfs.so is"),
+])
+def test_hdfs_without_its_native_libraries_is_one_line_saying_what_to_set(tmp_path, jdk,
+                                                                           message):
+    """Not pyarrow's error as it comes: a line per path its loader tried (ten for libjvm)."""
+    java_home = Path(os.path.realpath(shutil.which("java"))).parents[1] if jdk else tmp_path
+    proc = _open_hdfs(str(java_home))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ("cannot open a filesystem for hdfs://namenode.invalid:8020/x: "
+                           f"{message}\n")
+    assert "dlopen" not in proc.stdout + proc.stderr
 
 
 def test_files_round_trip(tmp_path):
