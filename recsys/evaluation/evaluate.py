@@ -38,7 +38,8 @@ from recsys.evaluation import report
 from recsys.evaluation.als import AlsSettings
 from recsys.evaluation.metrics import (hit_rate_at_k, hits_matrix, ndcg_at_k,
                                        paired_bootstrap, per_user, recall_at_k, top_k_exact)
-from recsys.evaluation.models import AlsFit, AlsScorer, Ease, MostPopular, TwoTower
+from recsys.evaluation.models import (AlsFit, AlsScorer, Ease, MostPopular, TwoTower,
+                                      require_history_model)
 from recsys.evaluation.protocols import (ROLES, TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
 
@@ -270,12 +271,7 @@ def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = No
     train_dir = artifacts.resolve(root, "train", train_run)
     train_manifest = artifacts.verify(train_dir)
     kind = train_manifest.get("config", {}).get("model", {}).get("kind", "history")
-    if kind != "history":
-        raise artifacts.ArtifactError(
-            f"train run {train_manifest['run_id']} is a '{kind}' model (one embedding per "
-            "training user): the evaluation embeds its held-out users from their histories, "
-            "which only a 'history' model can do; evaluate a model.kind = \"history\" run "
-            "(--train-run)")
+    require_history_model(kind, train_manifest["run_id"])
     preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest), \

@@ -136,6 +136,18 @@ def _frame(inter: Interactions, catalog: np.ndarray):
                          "rating": inter.ratings.astype(np.float32)})
 
 
+def require_history_model(kind: str, run: str) -> None:
+    """The evaluation embeds held-out users from their histories: only a ``history`` model
+    can (an ``mf`` model has one embedding per training user)."""
+    if kind != "history":
+        from recsys.artifacts import ArtifactError
+
+        raise ArtifactError(
+            f"train run {run} is a '{kind}' model (one embedding per training user): the "
+            "evaluation embeds its held-out users from their histories, which only a "
+            "'history' model can do; evaluate a model.kind = \"history\" run (--train-run)")
+
+
 class TwoTower:
     name = "two-tower"
 
@@ -146,9 +158,7 @@ class TwoTower:
 
         self._embed = embed_histories
         self.tower = load_user_tower(io.local_copy(train_dir, workdir))
-        if self.tower.kind != "history":
-            raise ValueError(f"train run {train_dir} is a '{self.tower.kind}' model; the "
-                             "evaluation embeds query users from their history")
+        require_history_model(self.tower.kind, train_dir)
         emb, ids = read_movie_embeddings(train_dir)
         self.items = np.zeros((catalog.size, emb.shape[1]), np.float32)
         self.known = np.zeros(catalog.size, bool)
