@@ -24,12 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def body() -> int:
+        from recsys.data.release import check_input
         from recsys.features.preprocess import run_preprocess
         from recsys.spark import build_session
 
         config = config_from_args(args)
         if args.input:
             config = config.with_input(args.input)
+        check_input(config.data.input)  # before Spark takes its seconds to start
         spark = build_session("movielens-recs preprocess", config.spark)
         try:
             result = run_preprocess(spark, config, run_id=args.run_id)

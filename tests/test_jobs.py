@@ -84,6 +84,24 @@ def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad,
     assert not (tmp_path / "art").exists() and not (tmp_path / "logs").exists()
 
 
+def test_preprocess_run_from_elsewhere_says_where_the_embedded_corpus_is_before_spark(
+        tmp_path, job_env):
+    """data.input's default is relative: from another directory it is not found. The job
+    says where it looked and where the project's copy is, before a JVM is started."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/preprocess.py"), "--conf-file",
+         str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art")],
+        capture_output=True, text=True, timeout=120, env=job_env, cwd=tmp_path,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "preprocess: input data error: input not found: data/ml-latest-small (give a "
+        f"MovieLens release directory or its .zip); a relative path is read from the current "
+        f"directory, {tmp_path}; the project's copy is {REPO / 'data/ml-latest-small'}")
+    assert "log4j" not in proc.stdout + proc.stderr  # Spark never started
+    assert not (tmp_path / "art").exists()
+
+
 def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job_env):
     """Not Py4J's "Java gateway process exited" traceback: the JVM's own reason, then one
     line naming the settings to check."""

@@ -19,6 +19,9 @@ from recsys.data.errors import InputFileError
 from recsys.data.layouts import Layout, detect_layout, get_layout
 
 _RATINGS_FILES = ("ratings.csv", "ratings.dat", "u.data")
+#: The directory holding the ``recsys`` package: a checkout's root, where ``data/`` holds the
+#: embedded corpus (absent when the package was installed without the repository).
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
     Extraction is skipped when the same zip (by MD5) was already extracted there.
     """
     if not io.is_file(zip_uri):
-        raise InputFileError(f"input not found: {zip_uri}")
+        raise InputFileError(f"input not found: {zip_uri}{_relative_hint(zip_uri)}")
     checksum = io.md5(zip_uri)
     stem = posixpath.basename(io.normalize_uri(zip_uri))
     stem = stem[:-4] if stem.lower().endswith(".zip") else stem
@@ -106,10 +109,22 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
     return target
 
 
-def open_release(
-    source: str, *, work_uri: str, layout: str = "auto"
-) -> Release:
-    """Find the release files and their layout; missing required or empty files are errors."""
+def _relative_hint(source: str) -> str:
+    """For a relative local path that is not there: where it was looked for, and the
+    project's own copy when the checkout has one (the embedded corpus, run from elsewhere)."""
+    if "://" in source or os.path.isabs(source):
+        return ""
+    hint = f"; a relative path is read from the current directory, {os.getcwd()}"
+    own = os.path.join(PROJECT_ROOT, source)
+    if os.path.exists(own):
+        hint += f"; the project's copy is {own}"
+    return hint
+
+
+def check_input(source: str) -> str:
+    """The URI of ``source`` when it names a directory or a ``.zip``; otherwise the error
+    :func:`open_release` gives, without reading or extracting anything (the jobs call it
+    before their SparkSession starts)."""
     source_uri = io.normalize_uri(source)
     try:
         io.exists(source_uri)
@@ -118,20 +133,29 @@ def open_release(
                 "jobs/download_movielens.py) and give the local .zip"
                 if source_uri.lower().startswith(("http://", "https://")) else "")
         raise InputFileError(f"input {source}: {exc}{hint}") from None
-    if source_uri.lower().endswith(".zip"):
-        directory = extract_zip(source_uri, work_uri)
-    elif io.is_dir(source_uri):
-        directory = source_uri
-    elif io.is_file(source_uri):
+    if io.is_dir(source_uri) and not source_uri.lower().endswith(".zip"):
+        return source_uri
+    if io.is_file(source_uri):
+        if source_uri.lower().endswith(".zip"):
+            return source_uri
         raise InputFileError(
             f"input is a file, not a release: {source} (give the directory that holds the "
             f"release's files, e.g. {posixpath.dirname(source.rstrip('/')) or '.'}, or the "
             "release's .zip)"
         )
-    else:
-        raise InputFileError(
-            f"input not found: {source} (give a MovieLens release directory or its .zip)"
-        )
+    raise InputFileError(
+        f"input not found: {source} (give a MovieLens release directory or its .zip"
+        f"){_relative_hint(source)}"
+    )
+
+
+def open_release(
+    source: str, *, work_uri: str, layout: str = "auto"
+) -> Release:
+    """Find the release files and their layout; missing required or empty files are errors."""
+    source_uri = check_input(source)
+    directory = extract_zip(source_uri, work_uri) if source_uri.lower().endswith(".zip") \
+        else source_uri
 
     names = [n for n in io.list_dir(directory) if n != "_EXTRACTED"]
     chosen = detect_layout(names, directory) if layout == "auto" else get_layout(layout)

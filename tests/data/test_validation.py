@@ -9,8 +9,9 @@ import pytest
 
 from recsys import artifacts, io
 from recsys.data.errors import HeaderError, InputFileError, RejectThresholdError
+from recsys.data.release import check_input
 from recsys.features.preprocess import run_preprocess
-from tests.conftest import MOVIES_CSV, make_config, ratings_csv, write_release
+from tests.conftest import MOVIES_CSV, REPO, make_config, ratings_csv, write_release
 
 GOOD = [f"1,{m},4.0,{1_000_000 + m}" for m in (1, 2, 3)] + ["2,1,3.5,1000005", "2,4,0.5,1000006"]
 
@@ -221,6 +222,25 @@ def test_not_a_release(spark, tmp_path):
 def test_missing_input(spark, tmp_path):
     with pytest.raises(InputFileError, match="input not found"):
         run_preprocess(spark, make_config(tmp_path, tmp_path / "nowhere"))
+
+
+def test_a_relative_input_not_found_says_where_it_looked_and_where_the_project_copy_is(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputFileError) as err:
+        check_input("data/ml-latest-small")
+    assert str(err.value) == (
+        "input not found: data/ml-latest-small (give a MovieLens release directory or its "
+        f".zip); a relative path is read from the current directory, {tmp_path}; the "
+        f"project's copy is {REPO / 'data/ml-latest-small'}")
+    with pytest.raises(InputFileError, match=r"input not found: nowhere\.zip \(give .*"
+                                             f"current directory, {tmp_path}$"):
+        check_input("nowhere.zip")  # no copy in the project: said so by not naming one
+    with pytest.raises(InputFileError, match=f"input not found: {tmp_path}/none \\(give "
+                                             r"a MovieLens release directory or its \.zip\)$"):
+        check_input(str(tmp_path / "none"))  # absolute: nothing to add
+    assert check_input(str(REPO / "data/ml-latest-small")) == \
+        f"file://{REPO / 'data/ml-latest-small'}"
 
 
 def test_a_file_of_the_release_as_input_says_to_give_its_directory(spark, tmp_path):
