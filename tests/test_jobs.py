@@ -107,7 +107,7 @@ def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job
     line naming the settings to check."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "jobs/preprocess.py"), "--artifact-root", str(tmp_path / "art"),
-         "--set", "spark.driver_memory=100000t"],
+         "--input", str(REPO / "data/ml-latest-small"), "--set", "spark.driver_memory=100000t"],
         capture_output=True, text=True, timeout=120, env=job_env, cwd=tmp_path,
     )
     assert proc.returncode == 6, proc.stderr[-2000:]
