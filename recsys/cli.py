@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 from recsys.artifacts import ArtifactError
@@ -26,6 +29,8 @@ EXIT_INPUT = 3
 EXIT_ARTIFACT = 4
 EXIT_CATALOG = 5
 EXIT_SPARK_START = 6
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, EXIT_CONFIG, "configuration error"),
@@ -46,21 +51,76 @@ def setup_logging(level: str = "INFO") -> None:
     )
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_once_stopping)
+
+
+#: Set when SIGTERM or Ctrl-C stops the job (:func:`run_main`).
+_stopping = threading.Event()
+
+
+def _quiet_once_stopping(record: logging.LogRecord) -> bool:
+    """Py4J logs a traceback on the root logger for every call that a stop cuts short
+    (and for each call to the JVM after it, which was stopped beside the job)."""
+    return not (_stopping.is_set() and f"{os.sep}py4j{os.sep}" in record.pathname)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what cron, systemd and the nightly send to stop a job), raised in the main
+    thread so that the job unwinds as on Ctrl-C: its temporary directories are removed,
+    its run is recorded as failed and exit handlers run. Python's default would end the
+    process at once and leave all of them behind."""
+
+
+def _stop(signum: int, frame) -> None:  # noqa: ANN001
+    _stopping.set()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one unwinding; SIGKILL ends a stuck one
+    raise Terminated()
+
+
+def _stopped_by(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` was raised by or while unwinding from (cleanup
+    that failed, e.g. stopping a Spark driver JVM that was terminated beside the job)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def run_main(name: str, body: Callable[[], int | None]) -> int:
-    """Run a job body, mapping known errors to a message and an exit code."""
+    """Run a job body, mapping known errors to a message and an exit code; SIGTERM and
+    Ctrl-C stop it cleanly (exit 143 and 130)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         return int(body() or EXIT_OK)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
-        for kind, code, label in _KNOWN:
-            if isinstance(exc, kind):
-                print(f"{name}: {label}: {exc}", file=sys.stderr)
-                return code
-        raise
+        if _stopped_by(exc) is None:
+            for kind, code, label in _KNOWN:
+                if isinstance(exc, kind):
+                    print(f"{name}: {label}: {exc}", file=sys.stderr)
+                    return code
+            raise
+        return _stopped(name, _stopped_by(exc))
+    except KeyboardInterrupt as exc:
+        return _stopped(name, exc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(name: str, stop: KeyboardInterrupt | None) -> int:
+    if isinstance(stop, Terminated):
+        print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    print(f"{name}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +103,39 @@ def test_preprocess_run_from_elsewhere_says_where_the_embedded_corpus_is_before_
         f"directory, {tmp_path}; the project's copy is {REPO / 'data/ml-latest-small'}")
     assert "log4j" not in proc.stdout + proc.stderr  # Spark never started
     assert not (tmp_path / "art").exists()
+
+
+def test_sigterm_stops_a_job_cleanly_its_temporary_files_gone_and_its_run_failed(
+        small_run, tmp_path, job_env):
+    """What cron, systemd and the nightly send to stop a job. Python's default ends the
+    process on the spot: train left its staging directory and TensorFlow's generated code
+    in the temporary directory, and no failed run."""
+    config, _ = small_run
+    root = tmp_path / "art"
+    shutil.copytree(Path(io.local_path(config.artifact_root)) / "preprocess", root / "preprocess")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs/train.py"), "--conf-file", str(REPO / "conf/default.toml"),
+         "--artifact-root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**job_env, "TMPDIR": str(tmp)}, cwd=tmp_path)
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 1: validation" in line:
+            break
+    assert proc.poll() is None, "".join(seen)[-3000:]
+    assert any(p.name.startswith("recsys-train-") for p in tmp.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, rest[-3000:]
+    assert rest.strip().splitlines()[-1] == "train: terminated (SIGTERM)"
+    assert "Traceback" not in rest
+    assert sorted(tmp.iterdir()) == []
+    (run,) = [p for p in (root / "train").iterdir() if p.is_dir()]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
 
 
 def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job_env):
