@@ -243,7 +243,9 @@ def models_preprocess_run(root: str, train_manifest: dict[str, Any],
             f"on preprocess run {preprocess_run} it could be scored on users or ratings it "
             f"was trained on. Evaluate it on {trained_on} (the default), or train a model on "
             f"{preprocess_run} first")
-    return artifacts.resolve(root, "preprocess", trained_on)
+    preprocess_dir = artifacts.resolve(root, "preprocess", trained_on)
+    artifacts.verify(preprocess_dir)  # a corrupt run is refused, not read
+    return preprocess_dir
 
 
 def _check_held_out_users(corpus: Corpus, preprocess_run: str) -> None:

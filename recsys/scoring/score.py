@@ -272,6 +272,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
             train_dir, index_dir, model_version = check_artifacts(
                 root, train_run=train_run, index_run=index_run)
             preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
+            artifacts.verify(preprocess_dir)
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
                               "index_dir": index_dir, "model_version": model_version,
                               "run_date": run_date}

@@ -10,11 +10,13 @@ from recsys.evaluation.evaluate import models_preprocess_run, run_evaluate
 
 
 def _runs(tmp_path, *names):
+    root = io.normalize_uri(tmp_path)
     for name in names:
-        (tmp_path / "preprocess" / name).mkdir(parents=True)
-        (tmp_path / "preprocess" / name / artifacts.SUCCESS).write_text("")
-    (tmp_path / "preprocess" / artifacts.LATEST).write_text(names[-1] + "\n")
-    return io.normalize_uri(tmp_path)
+        run_dir = artifacts.stage_dir(root, "preprocess", name)
+        io.write_text(io.join(run_dir, "histories.txt"), f"the histories of {name}")
+        artifacts.commit(root, "preprocess", run_dir,
+                         artifacts.Manifest("preprocess", name, Config()), Config())
+    return root
 
 
 MODEL = {"run_id": "model-1", "inputs": {"preprocess_run": "monday"}}
@@ -55,6 +57,10 @@ def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(spark, tmp_path):
     config = Config().replace(artifact_root=root)
     with pytest.raises(artifacts.ArtifactError, match="was trained on preprocess run monday"):
         run_evaluate(spark, config, run_id="e1", preprocess_run="tuesday")
+    (tmp_path / "preprocess" / "monday" / "histories.txt").write_text("the histories of mondaY")
+    with pytest.raises(artifacts.ArtifactError, match="histories.txt does not match its MD5"):
+        run_evaluate(spark, config, run_id="e1b")  # the model's own preprocess run
+    (tmp_path / "preprocess" / "monday" / "histories.txt").write_text("the histories of monday")
     (tmp_path / "train" / "model-1" / "weights.txt").write_text("a modeL")
     with pytest.raises(artifacts.ArtifactError, match="weights.txt does not match its MD5"):
         run_evaluate(spark, config, run_id="e2")

@@ -148,3 +148,18 @@ def test_train_job_runs_and_fails_clearly_without_preprocess(small_run, tmp_path
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 4
     assert "no completed 'preprocess' run" in missing.stderr
+
+
+def test_a_corrupt_preprocess_run_is_refused_before_training(small_run, tmp_path):
+    """Was a Parquet "magic bytes not found" traceback from the example stream."""
+    import shutil
+
+    config, _ = small_run
+    root = tmp_path / "art"
+    shutil.copytree(io.local_path(config.artifact_root) + "/preprocess", root / "preprocess")
+    victim = sorted(root.glob("preprocess/*/histories/part-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(artifacts.ArtifactError, match=f"{victim.name} has 1000 bytes, the "
+                                                      "manifest says [0-9]+: truncated"):
+        run_train(config.replace(artifact_root=str(root)))
+    assert not (root / "train").exists()

@@ -183,6 +183,17 @@ def test_corrupt_or_mismatched_artifacts_are_refused_before_scoring(scored, tmp_
     said = bad.stdout + bad.stderr  # spark-submit passes the driver's stderr to stdout
     assert "score_all_users: artifact error" in said and "truncated" in said
     assert not (copy / "tables").exists()
+    # tonight's histories as well (were read by Spark: a worker's Parquet error)
+    again = tmp_path / "again"
+    shutil.copytree(root, again, ignore=shutil.ignore_patterns("tables"))
+    preprocess = Path(io.local_path(artifacts.resolve(str(again), "preprocess")))
+    victim = sorted((preprocess / "histories").glob("part-*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    bad = score(str(again), meta)
+    said = bad.stdout + bad.stderr
+    assert bad.returncode == 4, said[-3000:]
+    assert f"score_all_users: artifact error: {io.normalize_uri(str(victim))} has 1000 bytes" in said
+    assert not (again / "tables").exists()
 
 
 def test_speculative_tasks_are_refused_before_anything_is_staged(scored, tmp_path):
