@@ -274,10 +274,10 @@ def run_train(config: Config, *, run_id: str | None = None,
               preprocess_run: str | None = None) -> TrainResult:
     """Train on the latest (or the named) preprocess run and commit a ``train`` run."""
     root = config.artifact_root
-    # the input is checked first: a missing or corrupt one leaves no train run behind
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)  # writes nothing yet
+    # the input is checked before the run starts: a missing or corrupt one leaves no run
     source = artifacts.resolve(root, "preprocess", preprocess_run)
     trained_on = artifacts.verify(source)["run_id"]
-    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"preprocess_run": trained_on, "preprocess_dir": source}
     with artifacts.failure_recorded(run_dir, manifest), \
