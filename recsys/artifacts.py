@@ -186,7 +186,13 @@ def resolve(root: str, stage: str, run_id: str | None = None) -> str:
                 f"no completed '{stage}' run under {io.normalize_uri(root)}: "
                 f"run the {stage} job first"
             )
-        run_id = io.read_text(pointer).strip()
+        named = io.read_text(pointer).strip()
+        if not _plain_run_id(named) or not io.is_dir(stage_dir(root, stage, named)):
+            raise ArtifactError(
+                f"{pointer} names {named!r}, which is not a '{stage}' run there (the pointer "
+                f"was emptied or edited, or the run removed by hand): run the {stage} job "
+                "again, or name a run of it")
+        run_id = named
     run_dir = stage_dir(root, stage, run_id)
     if not _plain_run_id(run_id) or not io.is_dir(run_dir):
         raise ArtifactError(f"there is no '{stage}' run {run_id!r} under "

@@ -91,6 +91,20 @@ def test_a_named_run_that_does_not_exist_is_said_so(tmp_path, name):
         artifacts.resolve(root, "train", name)
 
 
+@pytest.mark.parametrize("pointer", ["", "\n", "gone", "../../etc"])
+def test_a_latest_pointer_that_names_no_run_is_said_so(tmp_path, pointer):
+    """Was "there is no 'train' run ''", which did not say where the name came from."""
+    root = io.normalize_uri(tmp_path)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / artifacts.LATEST).write_text(pointer)
+    with pytest.raises(artifacts.ArtifactError) as err:
+        artifacts.resolve(root, "train")
+    assert str(err.value) == (
+        f"{root}/train/LATEST names {pointer.strip()!r}, which is not a 'train' run there (the "
+        "pointer was emptied or edited, or the run removed by hand): run the train job again, "
+        "or name a run of it")
+
+
 def test_a_named_run_without_success_is_incomplete(tmp_path):
     (tmp_path / "train" / "half").mkdir(parents=True)
     with pytest.raises(artifacts.ArtifactError, match="'train' run half at .* is incomplete"):
