@@ -179,6 +179,7 @@ def commit(root: str, stage: str, run_dir: str, manifest: Manifest, config: Conf
 
 def resolve(root: str, stage: str, run_id: str | None = None) -> str:
     """The directory of a completed run of ``stage`` (the latest one by default)."""
+    pointer = None
     if run_id is None:
         pointer = io.join(root, stage, LATEST)
         if not io.is_file(pointer):
@@ -186,15 +187,14 @@ def resolve(root: str, stage: str, run_id: str | None = None) -> str:
                 f"no completed '{stage}' run under {io.normalize_uri(root)}: "
                 f"run the {stage} job first"
             )
-        named = io.read_text(pointer).strip()
-        if not _plain_run_id(named) or not io.is_dir(stage_dir(root, stage, named)):
-            raise ArtifactError(
-                f"{pointer} names {named!r}, which is not a '{stage}' run there (the pointer "
-                f"was emptied or edited, or the run removed by hand): run the {stage} job "
-                "again, or name a run of it")
-        run_id = named
+        run_id = io.read_text(pointer).strip()
     run_dir = stage_dir(root, stage, run_id)
     if not _plain_run_id(run_id) or not io.is_dir(run_dir):
+        if pointer is not None:
+            raise ArtifactError(
+                f"{pointer} names {run_id!r}, which is not a '{stage}' run there (the pointer "
+                f"was emptied or edited, or the run removed by hand): run the {stage} job "
+                "again, or name a run of it")
         raise ArtifactError(f"there is no '{stage}' run {run_id!r} under "
                             f"{io.join(io.normalize_uri(root), stage)}")
     if not io.is_file(io.join(run_dir, SUCCESS)):

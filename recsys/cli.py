@@ -101,13 +101,14 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
     try:
         return int(body() or EXIT_OK)
     except Exception as exc:
-        if _stopped_by(exc) is None:
-            for kind, code, label in _KNOWN:
-                if isinstance(exc, kind):
-                    print(f"{name}: {label}: {exc}", file=sys.stderr)
-                    return code
-            raise
-        return _stopped(name, _stopped_by(exc))
+        stop = _stopped_by(exc)
+        if stop is not None:
+            return _stopped(name, stop)
+        for kind, code, label in _KNOWN:
+            if isinstance(exc, kind):
+                print(f"{name}: {label}: {exc}", file=sys.stderr)
+                return code
+        raise
     except KeyboardInterrupt as exc:
         return _stopped(name, exc)
     finally:
@@ -115,7 +116,7 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
             signal.signal(sig, handler)
 
 
-def _stopped(name: str, stop: KeyboardInterrupt | None) -> int:
+def _stopped(name: str, stop: KeyboardInterrupt) -> int:
     if isinstance(stop, Terminated):
         print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED

@@ -53,7 +53,7 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
     Extraction is skipped when the same zip (by MD5) was already extracted there.
     """
     if not io.is_file(zip_uri):
-        raise InputFileError(f"input not found: {zip_uri}{_relative_hint(zip_uri)}")
+        raise InputFileError(f"input not found: {zip_uri}")
     checksum = io.md5(zip_uri)
     stem = posixpath.basename(io.normalize_uri(zip_uri))
     stem = stem[:-4] if stem.lower().endswith(".zip") else stem
