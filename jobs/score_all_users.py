@@ -10,7 +10,8 @@ Reads the latest preprocess histories, the latest train run and the index built 
 ScaNN, rated movies removed, top-N) and publishes the run_date partition of the
 recommendations, user-embeddings and similar-movies tables (see recsys.scoring.score).
 Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 5 the
-catalog's metastore cannot be opened (nothing published), 1 other.
+catalog's metastore cannot be opened (nothing published), 7 another run is publishing the
+same night (nothing staged), 130 / 143 stopped by Ctrl-C / SIGTERM, 1 other.
 """
 
 import sys

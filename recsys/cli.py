@@ -19,6 +19,7 @@ from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
 from recsys.io import ArtifactIOError
 from recsys.publish import CatalogUnavailableError
+from recsys.publish.claim import NightClaimedError
 from recsys.spark import SparkStartError
 
 #: Exit codes shared by every job (the nightly pipeline adds its own per stage).
@@ -29,6 +30,7 @@ EXIT_INPUT = 3
 EXIT_ARTIFACT = 4
 EXIT_CATALOG = 5
 EXIT_SPARK_START = 6
+EXIT_BUSY = 7
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -39,6 +41,7 @@ _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (ArtifactIOError, EXIT_ARTIFACT, "artifact storage error"),
     (CatalogUnavailableError, EXIT_CATALOG, "catalog error"),
     (SparkStartError, EXIT_SPARK_START, "Spark did not start"),
+    (NightClaimedError, EXIT_BUSY, "another run"),
 )
 
 

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -43,6 +44,7 @@ from recsys import artifacts, io
 from recsys.config import Config, ConfigError
 from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranges, ranked_movies
 from recsys.index import similar
+from recsys.publish.claim import claim_night
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
 from recsys.publish.tables import add_night, commit_partition, prepare_table, stage_partition
 
@@ -267,7 +269,7 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
     run_date = artifacts.run_date(run_date)
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
-    with artifacts.failure_recorded(run_dir, manifest):
+    with artifacts.failure_recorded(run_dir, manifest), ExitStack() as night:
         with manifest.timed("check_artifacts"):
             train_dir, index_dir, model_version = check_artifacts(
                 root, train_run=train_run, index_run=index_run)
@@ -289,6 +291,9 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                  "user_embeddings": cfg.user_embeddings_table,
                  "similar_movies": cfg.similar_movies_table}
         uris = {key: io.join(table_root, name) for key, name in names.items()}
+        # One run per night, held to the end: a second would clear this one's staged files
+        # as left-overs of a killed run (DESIGN §8, two runs at once).
+        night.enter_context(claim_night(uris["recommendations"], run_date, run_id))
         staging = {key: stage_partition(uris[key], run_date, run_id)
                    for key in ("recommendations", "user_embeddings")}
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}

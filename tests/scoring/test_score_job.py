@@ -263,6 +263,51 @@ def test_a_metastore_held_by_another_session_fails_the_night_clearly(scored, tmp
                          ).num_rows == 610
 
 
+HOLD_CLAIM = """
+import os, sys
+from recsys import io
+from recsys.publish.claim import claim_night
+table, night, staged = sys.argv[1:]
+with claim_night(io.normalize_uri(table), night, "first-run"):
+    os.makedirs(staged)  # what a run scoring the night has written so far
+    open(os.path.join(staged, "part-00000.parquet"), "wb").write(b"PAR1")
+    print("HOLDING", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_second_run_of_a_night_being_published_stops_before_staging(scored, tmp_path):
+    """Two scoring runs of one night (the nightly's, and one started by hand): the second
+    stops at once and leaves the first's staged files alone (it used to clear them as a
+    killed run's, and both failed)."""
+    root, meta, _ = scored
+    tables = tmp_path / "tables"
+    staging = tables / "_staging" / "movielens_recommendations"
+    staged = staging / f"run_date={RUN_DATE}-first-run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CLAIM, str(tables / "movielens_recommendations"), RUN_DATE,
+         str(staged)], env=env(), cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HOLDING"
+        run = score(root, meta, "--set", f"score.table_root={tables}")
+        said = run.stdout + run.stderr
+        assert run.returncode == 7, said[-3000:]
+        assert (f"score_all_users: another run: the night {RUN_DATE} is being published by "
+                f"run first-run (process {holder.pid} on this host, since ") in said
+        assert "Traceback" not in said
+        assert sorted(p.name for p in staging.iterdir()) == [
+            f"run_date={RUN_DATE}-first-run", f"run_date={RUN_DATE}.claim"]
+        assert [p.name for p in staged.iterdir()] == ["part-00000.parquet"]
+        assert sorted(p.name for p in tables.iterdir()) == ["_staging"]
+    finally:
+        holder.communicate(input="", timeout=60)
+    assert not (staging / f"run_date={RUN_DATE}.claim").exists()  # the holder let it go
+    failed = [artifacts.read_manifest(str(p)) for p in (Path(root) / "score").iterdir()
+              if p.is_dir() and not (p / "_SUCCESS").exists()]
+    assert any("NightClaimedError" in m.get("error", "") for m in failed)
+
+
 BLIND_TO_LOCKS = f"""
 import runpy, sys
 import recsys.spark
@@ -351,7 +396,7 @@ def test_a_run_killed_while_writing_leaves_the_published_night_intact(scored):
     staging = table.parent / "_staging" / table.name
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if staging.is_dir() and any(staging.iterdir()):  # Spark is writing tonight's files
+        if any(p.is_dir() for p in staging.glob(f"run_date={RUN_DATE}-*")):  # writing tonight
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the job finished before it could be killed"
@@ -360,9 +405,13 @@ def test_a_run_killed_while_writing_leaves_the_published_night_intact(scored):
     # readers still see the previous version of the night, byte for byte
     assert _snapshot(night) == before
     assert pq.read_table(night).num_rows == 610
+    # the killed run could not let its claim on the night go: the next run takes it over
+    assert (staging / f"run_date={RUN_DATE}.claim").is_file()
     again = score(root, meta)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "taking over the claim on the night" in again.stdout + again.stderr
     assert pq.read_table(night).num_rows == 610
+    assert not (staging / f"run_date={RUN_DATE}.claim").exists()
     leftovers = [p.name for p in staging.iterdir()] if staging.is_dir() else []
     assert not [n for n in leftovers if n.startswith(f"run_date={RUN_DATE}-")]
 

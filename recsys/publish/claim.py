@@ -1,0 +1,166 @@
+"""One scoring run publishes a night at a time (DESIGN §8, "two runs at once").
+
+Before a run stages anything it claims the night: it creates
+``<tables>/_staging/<table>/run_date=<date>.claim`` beside the night's staging
+directories, a small JSON file naming the run, the host, the process and the time. A
+second run of the same night, started by hand while the nightly's runs, finds the claim
+and stops at once with :class:`NightClaimedError`; without the claim it would clear the
+first run's staged files as left-overs and both would fail. The claim is removed when
+its run ends, whether it succeeded or failed.
+
+A run killed outright (SIGKILL, a lost machine) cannot remove its claim. On the same
+host the next run sees that the process is gone (its id no longer runs, or runs a later
+process) and takes the claim over; a claim from another host names the file to remove.
+
+The claim is created atomically: a hard link on a local filesystem, a rename on HDFS
+(both fail when the claim exists). An object store that cannot do either gets a
+check-then-write that closes all but a narrow window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from recsys import io
+from recsys.publish import side_dir
+
+log = logging.getLogger(__name__)
+
+
+class NightClaimedError(RuntimeError):
+    """Another run is publishing the same night of the same tables."""
+
+
+def claim_uri(table_uri: str, run_date: str) -> str:
+    return io.join(side_dir(table_uri, "staging"), f"run_date={run_date}.claim")
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat``,
+    Linux), which tells a process from a later one given the same id; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(pid: int, started: int | None) -> bool:
+    """Whether process ``pid`` of this host, started at ``started``, still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    now = process_start(pid)
+    return started is None or now is None or now == started
+
+
+def _owner(run_id: str) -> dict[str, Any]:
+    pid = os.getpid()
+    return {"run_id": run_id, "host": socket.gethostname(), "pid": pid,
+            "process_start": process_start(pid),
+            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _read(uri: str) -> dict[str, Any] | None:
+    """The claim's owner; None when the claim is gone; ``{}`` when it cannot be read."""
+    if not io.exists(uri):
+        return None
+    try:
+        owner = json.loads(io.read_text(uri))
+    except io.ArtifactIOError:
+        return None  # removed since
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _create(uri: str, owner: dict[str, Any]) -> bool:
+    """Create the claim holding ``owner``; False when a claim is already there."""
+    text = json.dumps(owner, indent=2) + "\n"
+    tmp = f"{uri}.{owner['run_id']}.{uuid.uuid4().hex[:6]}.tmp"
+    io.makedirs(uri.rsplit("/", 1)[0])
+    io.write_text(tmp, text)
+    try:
+        if io.is_local(uri):
+            try:
+                os.link(io.local_path(tmp), io.local_path(uri))
+            except FileExistsError:
+                return False
+            return True
+        if io.exists(uri):
+            return False
+        try:
+            io.move(tmp, uri)  # HDFS: a rename onto an existing file fails
+        except OSError:
+            if io.exists(uri):
+                return False
+            raise
+        return (_read(uri) or {}).get("run_id") == owner["run_id"]
+    finally:
+        if io.exists(tmp):
+            io.delete(tmp)
+
+
+def _busy(uri: str, run_date: str, owner: dict[str, Any]) -> NightClaimedError:
+    if not owner:
+        return NightClaimedError(
+            f"the night {run_date} is claimed by {uri}, which cannot be read: if no "
+            "scoring run of that night is running, remove it and run again")
+    here = owner.get("host") == socket.gethostname()
+    where = "on this host" if here else f"on host {owner.get('host')}"
+    what = (f"run {owner.get('run_id')} (process {owner.get('pid')} {where}, since "
+            f"{owner.get('since')})")
+    if here:
+        return NightClaimedError(
+            f"the night {run_date} is being published by {what}: wait for it to finish "
+            "(two runs of one night would each clear the other's staged files)")
+    return NightClaimedError(
+        f"the night {run_date} is being published by {what}: wait for it to finish; if "
+        f"that run is no longer running, remove {uri} and run again")
+
+
+def _stale(owner: dict[str, Any]) -> bool:
+    """A claim whose run was killed on this host: its process is gone."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(owner["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    started = owner.get("process_start")
+    return not _running(pid, started if isinstance(started, int) else None)
+
+
+@contextmanager
+def claim_night(table_uri: str, run_date: str, run_id: str) -> Iterator[str]:
+    """Hold the claim on ``run_date`` of the tables beside ``table_uri`` for the block;
+    raises :class:`NightClaimedError` when another run holds it. Yields the claim's URI."""
+    uri = claim_uri(table_uri, run_date)
+    owner = _owner(run_id)
+    while not _create(uri, owner):
+        held = _read(uri)
+        if held is None:
+            continue  # released between the two looks
+        if not _stale(held):
+            raise _busy(uri, run_date, held)
+        log.warning("taking over the claim on the night %s from run %s: its process %s "
+                    "on this host is no longer running", run_date, held.get("run_id"),
+                    held.get("pid"))
+        if _read(uri) == held:
+            io.delete(uri)
+    try:
+        yield uri
+    finally:
+        held = _read(uri)
+        if held and held.get("run_id") == run_id:
+            io.delete(uri)
