@@ -31,15 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def body() -> int:
-        from recsys.evaluation.evaluate import run_evaluate
+        from recsys.evaluation.evaluate import check_inputs, run_evaluate
         from recsys.spark import build_session
 
         config = config_from_args(args, trains=True)
+        inputs = check_inputs(config, run_id=args.run_id, preprocess_run=args.preprocess_run,
+                              train_run=args.train_run)  # before Spark starts
         spark = build_session("movielens-recs evaluate",
                               dataclasses.replace(config.spark, hive_catalog=False))
         try:
-            result = run_evaluate(spark, config, run_id=args.run_id,
-                                  preprocess_run=args.preprocess_run, train_run=args.train_run)
+            result = run_evaluate(spark, config, inputs)
         finally:
             spark.stop()
         for name, line in result.manifest["headline"].items():

@@ -33,16 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def body() -> int:
-        from recsys.scoring.score import run_score
+        from recsys.scoring.score import check_inputs, run_score
         from recsys.spark import build_session
 
         config = config_from_args(args)
         run_date = artifacts.run_date(args.run_date)  # a bad date stops here, before Spark
+        inputs = check_inputs(config, run_id=args.run_id, preprocess_run=args.preprocess_run,
+                              train_run=args.train_run, index_run=args.index_run)
         spark = build_session("movielens-recs score_all_users", config.spark)
         try:
-            result = run_score(spark, config, run_id=args.run_id, run_date=run_date,
-                               preprocess_run=args.preprocess_run, train_run=args.train_run,
-                               index_run=args.index_run)
+            result = run_score(spark, config, inputs, run_date=run_date)
         finally:
             spark.stop()
         m = result.manifest

@@ -105,6 +105,27 @@ def test_preprocess_run_from_elsewhere_says_where_the_embedded_corpus_is_before_
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.parametrize("job, missing", [
+    ("train", "preprocess"), ("build_index", "train"), ("score_all_users", "train"),
+    ("evaluate", "train"),
+])
+def test_a_root_without_the_runs_a_stage_reads_is_said_before_spark_and_left_alone(
+        tmp_path, job_env, job, missing):
+    """Run from the wrong directory (cron starts in $HOME), the relative default root has
+    no runs: every stage says so with exit 4 before a JVM starts, and creates no
+    artifact root there (scoring used to start Spark, then record a failed run in a new
+    ./artifacts; the evaluation started Spark first)."""
+    proc = subprocess.run([sys.executable, str(REPO / f"jobs/{job}.py")],
+                          capture_output=True, text=True, timeout=120, env=job_env,
+                          cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{job}: artifact error: no completed '{missing}' run under "
+        f"{io.normalize_uri(str(tmp_path / 'artifacts'))}: run the {missing} job first")
+    assert "log4j" not in proc.stdout + proc.stderr  # Spark never started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_sigterm_stops_a_job_cleanly_its_temporary_files_gone_and_its_run_failed(
         small_run, tmp_path, job_env):
     """What cron, systemd and the nightly send to stop a job. Python's default ends the

@@ -262,19 +262,40 @@ def _check_held_out_users(corpus: Corpus, preprocess_run: str) -> None:
             "nightly.evaluate = false")
 
 
-def run_evaluate(spark: SparkSession, config: Config, *, run_id: str | None = None,
+@dataclass(frozen=True)
+class EvaluateInputs:
+    """An evaluate run's id and what it reads, verified (:func:`check_inputs`)."""
+    run_id: str
+    run_dir: str
+    train_dir: str
+    train_manifest: dict[str, Any]
+    preprocess_dir: str
+
+
+def check_inputs(config: Config, *, run_id: str | None = None,
                  preprocess_run: str | None = None, train_run: str | None = None
-                 ) -> EvaluateResult:
+                 ) -> EvaluateInputs:
+    """The run id (checked: a configuration error first), the train run verified and of
+    a history model, and the preprocess run it was trained on, verified. Needs no Spark
+    and writes nothing: the job calls it before it starts Spark, so a missing, corrupt or
+    refused input costs no JVM and leaves no evaluate run behind (as the index stage)."""
     root = config.artifact_root
-    cfg = config.evaluate
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
-    # The inputs are checked before anything is written: a missing, corrupt or refused
-    # input leaves no evaluate run behind (as the index stage), only the error.
     train_dir = artifacts.resolve(root, "train", train_run)
     train_manifest = artifacts.verify(train_dir)
     kind = train_manifest.get("config", {}).get("model", {}).get("kind", "history")
     require_history_model(kind, train_manifest["run_id"])
     preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
+    return EvaluateInputs(run_id, run_dir, train_dir, train_manifest, preprocess_dir)
+
+
+def run_evaluate(spark: SparkSession, config: Config, inputs: EvaluateInputs
+                 ) -> EvaluateResult:
+    root = config.artifact_root
+    cfg = config.evaluate
+    run_id, run_dir = inputs.run_id, inputs.run_dir
+    train_dir, train_manifest = inputs.train_dir, inputs.train_manifest
+    preprocess_dir = inputs.preprocess_dir
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with artifacts.failure_recorded(run_dir, manifest), \
             tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:

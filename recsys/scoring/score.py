@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -260,21 +261,48 @@ def stage_similar_movies(index_dir: str, staging: str, *, model_version: str,
     return n
 
 
-def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
-              run_date: str | None = None, preprocess_run: str | None = None,
-              train_run: str | None = None, index_run: str | None = None) -> ScoreResult:
+@dataclass(frozen=True)
+class ScoreInputs:
+    """A scoring run's id and what it reads, verified (:func:`check_inputs`)."""
+    run_id: str
+    run_dir: str
+    preprocess_dir: str
+    train_dir: str
+    index_dir: str
+    model_version: str
+    checked_s: float
+
+
+def check_inputs(config: Config, *, run_id: str | None = None,
+                 preprocess_run: str | None = None, train_run: str | None = None,
+                 index_run: str | None = None) -> ScoreInputs:
+    """The run id (checked: a configuration error first) and the preprocess, train and
+    index runs verified against their manifests. Needs no Spark and writes nothing: the
+    job calls it before it starts Spark, so a missing or corrupt input costs no JVM and
+    leaves no run behind (as in the other stages)."""
+    start = time.perf_counter()
+    root = config.artifact_root
+    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
+    train_dir, index_dir, model_version = check_artifacts(
+        root, train_run=train_run, index_run=index_run)
+    preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
+    artifacts.verify(preprocess_dir)
+    return ScoreInputs(run_id, run_dir, preprocess_dir, train_dir, index_dir, model_version,
+                       round(time.perf_counter() - start, 3))
+
+
+def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
+              run_date: str | None = None) -> ScoreResult:
     """Score every user of the preprocess run's histories and publish the three tables."""
     root = config.artifact_root
     cfg = config.score
     run_date = artifacts.run_date(run_date)
-    run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
+    run_id, run_dir = inputs.run_id, inputs.run_dir
+    preprocess_dir, train_dir = inputs.preprocess_dir, inputs.train_dir
+    index_dir, model_version = inputs.index_dir, inputs.model_version
     manifest = artifacts.Manifest(STAGE, run_id, config)
+    manifest["timings_s"]["check_inputs"] = inputs.checked_s
     with artifacts.failure_recorded(run_dir, manifest), ExitStack() as night:
-        with manifest.timed("check_artifacts"):
-            train_dir, index_dir, model_version = check_artifacts(
-                root, train_run=train_run, index_run=index_run)
-            preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
-            artifacts.verify(preprocess_dir)
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
                               "index_dir": index_dir, "model_version": model_version,
                               "run_date": run_date}
@@ -291,11 +319,19 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                  "user_embeddings": cfg.user_embeddings_table,
                  "similar_movies": cfg.similar_movies_table}
         uris = {key: io.join(table_root, name) for key, name in names.items()}
-        # One run per night, held to the end: a second would clear this one's staged files
-        # as left-overs of a killed run (DESIGN §8, two runs at once).
-        night.enter_context(claim_night(uris["recommendations"], run_date, run_id))
-        staging = {key: stage_partition(uris[key], run_date, run_id)
-                   for key in ("recommendations", "user_embeddings")}
+        try:  # on the driver, before a task fails on it after scoring its users
+            # One run per night, held to the end: a second would clear this one's staged
+            # files as left-overs of a killed run (DESIGN §8, two runs at once).
+            night.enter_context(claim_night(uris["recommendations"], run_date, run_id))
+            staging = {key: stage_partition(uris[key], run_date, run_id) for key in names}
+            for directory in staging.values():
+                io.makedirs(directory)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the tables under {table_root} ({exc}): set score.table_root "
+                "(by default <artifact_root>/tables) to a place this job and its executors "
+                "can write") from None
+        similar_staging = staging.pop("similar_movies")
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
         columns = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS,
                    "similar_movies": SIMILAR_MOVIES}
@@ -308,15 +344,6 @@ def run_score(spark: SparkSession, config: Config, *, run_id: str | None = None,
                                        table_uri=uris[key], columns=columns[key])
                     for key in names}
 
-        similar_staging = stage_partition(uris["similar_movies"], run_date, run_id)
-        try:  # on the driver, before a task fails on it after scoring its users
-            for directory in (*staging.values(), similar_staging):
-                io.makedirs(directory)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the tables under {table_root} ({exc}): set score.table_root "
-                "(by default <artifact_root>/tables) to a place this job and its executors "
-                "can write") from None
         with ThreadPoolExecutor(2, thread_name_prefix="score-driver") as pool:
             catalog = pool.submit(prepare_tables)
             similar_rows = pool.submit(stage_similar_movies, index_dir, similar_staging,

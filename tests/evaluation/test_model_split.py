@@ -6,7 +6,7 @@ import pytest
 
 from recsys import artifacts, io
 from recsys.config import Config, ModelConfig, TrainConfig
-from recsys.evaluation.evaluate import models_preprocess_run, run_evaluate
+from recsys.evaluation.evaluate import check_inputs, models_preprocess_run
 
 
 def _runs(tmp_path, *names):
@@ -51,22 +51,23 @@ def _model(root, run_id, trained_on, config=Config()):
     artifacts.commit(root, "train", run_dir, manifest, config)
 
 
-def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(spark, tmp_path):
+def test_a_refused_or_corrupt_input_leaves_no_evaluate_run(tmp_path):
+    """Checked before Spark starts (the job calls check_inputs first)."""
     root = _runs(tmp_path, "monday", "tuesday")
     _model(root, "model-1", "monday")
     config = Config().replace(artifact_root=root)
     with pytest.raises(artifacts.ArtifactError, match="was trained on preprocess run monday"):
-        run_evaluate(spark, config, run_id="e1", preprocess_run="tuesday")
+        check_inputs(config, run_id="e1", preprocess_run="tuesday")
     (tmp_path / "preprocess" / "monday" / "histories.txt").write_text("the histories of mondaY")
     with pytest.raises(artifacts.ArtifactError, match="histories.txt does not match its MD5"):
-        run_evaluate(spark, config, run_id="e1b")  # the model's own preprocess run
+        check_inputs(config, run_id="e1b")  # the model's own preprocess run
     (tmp_path / "preprocess" / "monday" / "histories.txt").write_text("the histories of monday")
     (tmp_path / "train" / "model-1" / "weights.txt").write_text("a modeL")
     with pytest.raises(artifacts.ArtifactError, match="weights.txt does not match its MD5"):
-        run_evaluate(spark, config, run_id="e2")
+        check_inputs(config, run_id="e2")
     mf = Config().replace(model=ModelConfig(kind="mf"), train=TrainConfig(objective="next_item"))
     _model(root, "mf-1", "monday", mf)
     with pytest.raises(artifacts.ArtifactError, match="train run mf-1 is a 'mf' model .*only a "
                                                       "'history' model can do"):
-        run_evaluate(spark, config, run_id="e3")
+        check_inputs(config, run_id="e3")
     assert not (tmp_path / "evaluate").exists()
