@@ -12,14 +12,15 @@ A run killed outright (SIGKILL, a lost machine) cannot remove its claim. On the 
 host the next run sees that the process is gone (its id no longer runs, or runs a later
 process) and takes the claim over; a claim from another host names the file to remove.
 
-The claim is created atomically: a hard link on a local filesystem, a rename on HDFS
-(both fail when the claim exists). An object store that cannot do either gets a
+The claim is created atomically: a hard link on a local filesystem (an exclusive create
+where the filesystem has no links), a rename on HDFS (all fail when the claim exists). An object store that cannot do either gets a
 check-then-write that closes all but a narrow window.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -84,6 +85,20 @@ def _read(uri: str) -> dict[str, Any] | None:
     return owner if isinstance(owner, dict) else {}
 
 
+#: A filesystem without hard links (FAT, some network mounts) says one of these.
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _create_exclusive(path: str, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
+
+
 def _create(uri: str, owner: dict[str, Any]) -> bool:
     """Create the claim holding ``owner``; False when a claim is already there."""
     text = json.dumps(owner, indent=2) + "\n"
@@ -93,9 +108,13 @@ def _create(uri: str, owner: dict[str, Any]) -> bool:
     try:
         if io.is_local(uri):
             try:
-                os.link(io.local_path(tmp), io.local_path(uri))
+                os.link(io.local_path(tmp), io.local_path(uri))  # the claim appears whole
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                return _create_exclusive(io.local_path(uri), text)
             return True
         if io.exists(uri):
             return False

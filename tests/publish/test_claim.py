@@ -109,3 +109,19 @@ def test_a_claim_from_another_host_or_unreadable_is_refused_with_the_file_to_rem
         with claim_night(table(tmp_path), NIGHT, "run-a"):
             pass
     assert io.read_text(uri) == "{not json"
+
+
+def test_without_hard_links_the_claim_is_an_exclusive_create(tmp_path, monkeypatch):
+    """FAT and some network mounts have no hard links (EPERM / ENOTSUP)."""
+    import errno
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted", src)
+
+    monkeypatch.setattr(os, "link", no_links)
+    with claim_night(table(tmp_path), NIGHT, "run-a"):
+        assert owner_of(tmp_path)["run_id"] == "run-a"
+        with pytest.raises(NightClaimedError, match="being published by run run-a"):
+            with claim_night(table(tmp_path), NIGHT, "run-b"):
+                pass
+    assert not io.exists(claim_uri(table(tmp_path), NIGHT))
