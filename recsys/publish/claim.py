@@ -3,7 +3,7 @@
 Before a run stages anything it claims the night: it creates
 ``<tables>/_staging/<table>/run_date=<date>.claim`` beside the night's staging
 directories, a small JSON file naming the run, the host, the process and the time. A
-second run of the same night, started by hand while the nightly's runs, finds the claim
+second run of the same night (one started by hand while the nightly's runs) finds the claim
 and stops at once with :class:`NightClaimedError`; without the claim it would clear the
 first run's staged files as left-overs and both would fail. The claim is removed when
 its run ends, whether it succeeded or failed.
@@ -13,8 +13,8 @@ host the next run sees that the process is gone (its id no longer runs, or runs 
 process) and takes the claim over; a claim from another host names the file to remove.
 
 The claim is created atomically: a hard link on a local filesystem (an exclusive create
-where the filesystem has no links), a rename on HDFS (all fail when the claim exists). An object store that cannot do either gets a
-check-then-write that closes all but a narrow window.
+where the filesystem has no links), a rename on HDFS; each fails when the claim exists.
+An object store that can do neither gets a check-then-write, which leaves a narrow window.
 """
 
 from __future__ import annotations
