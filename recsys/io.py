@@ -16,7 +16,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
@@ -59,6 +59,17 @@ def local_path(uri: str) -> str:
     if not norm.startswith("file://"):
         raise ArtifactIOError(f"{uri} is not a local path")
     return urlparse(norm).path
+
+
+def same_place(a: str, b: str) -> bool:
+    """Whether two URIs name one directory, written as Spark and a catalog write them
+    (``file:/x`` for ``file:///x``; ``hdfs:///x``, the default namenode, for
+    ``hdfs://nn:8020/x``; percent-encoded or not)."""
+    pa_, pb = urlparse(normalize_uri(a)), urlparse(normalize_uri(b))
+    if pa_.scheme != pb.scheme or (pa_.netloc and pb.netloc and pa_.netloc != pb.netloc):
+        return False
+    here, there = posixpath.normpath(pa_.path or "/"), posixpath.normpath(pb.path or "/")
+    return here == there or unquote(here) == unquote(there)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -33,6 +33,18 @@ def _open_hdfs(java_home: str) -> subprocess.CompletedProcess:
                           timeout=60, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
+@pytest.mark.parametrize("a, b, same", [
+    ("file:/tmp/a b/t", "/tmp/a b/t/", True),  # how a catalog writes a local place
+    ("file:/tmp/a%20b/t", "file:///tmp/a b/t", True),
+    ("file:/tmp/run1/tables/t", "/tmp/run2/tables/t", False),
+    ("hdfs://nn:8020/data/t", "hdfs:///data/t", True),  # the default namenode
+    ("hdfs://nn:8020/data/t", "hdfs://other:8020/data/t", False),
+    ("hdfs://nn/data/t", "file:///data/t", False),
+])
+def test_same_place(a, b, same):
+    assert io.same_place(a, b) is same and io.same_place(b, a) is same
+
+
 @pytest.mark.parametrize("jdk, message", [
     (False, "Unable to load libjvm: set JAVA_HOME to the JDK's directory"),
     (True, "Unable to load libhdfs: set ARROW_LIBHDFS_DIR (or HADOOP_HOME) to where "

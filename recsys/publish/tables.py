@@ -189,13 +189,35 @@ def prepare_table(spark: SparkSession, *, database: str, name: str, table_uri: s
                 f"catalog table {full} has columns {_listed(have)}, but tonight's "
                 f"output has {_listed(want)}: drop the table (DROP TABLE {full}; its files "
                 f"stay) or publish under another table name (score.*_table)")
+        where = _location(spark, full)
+        if where is not None and not io.same_place(where, table_uri):
+            # The night would be committed under table_uri and added to a table that reads
+            # another directory: its readers would get an old night, or none, for it.
+            raise CatalogMismatchError(
+                f"catalog table {full} is at {where}, but this run publishes it at "
+                f"{io.normalize_uri(table_uri)} (another artifact root or score.table_root "
+                f"on the same catalog): drop the table (DROP TABLE {full}; its files stay, "
+                f"and the next run registers it here with every night on disk), or give "
+                f"this run a catalog of its own (spark.metastore_dir) or other table names "
+                f"(score.database, score.*_table)")
         return full
+    # Made first: for a location that does not exist yet, Spark logs a warning with a
+    # Java stack trace (about 70 lines a table) in the first night's log.
+    io.makedirs(table_uri)
     location = table_uri.replace("\\", "\\\\").replace("'", "\\'")
     spark.sql(f"CREATE TABLE IF NOT EXISTS {full} ("
               + ", ".join(f"`{col}` {kind}" for col, kind in want)
               + f") USING parquet PARTITIONED BY (run_date) LOCATION '{location}'")
     _add_partitions(spark, full, _nights(table_uri))
     return full
+
+
+def _location(spark: SparkSession, full_name: str) -> str | None:
+    """Where the catalog says the table's files are (``DESCRIBE TABLE EXTENDED``)."""
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {full_name}").collect():
+        if row.col_name == "Location":
+            return row.data_type
+    return None
 
 
 def add_night(spark: SparkSession, full_name: str, run_date: str) -> None:

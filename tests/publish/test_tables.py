@@ -141,3 +141,40 @@ def test_register_table_adds_each_night_and_refuses_other_columns(spark, tmp_pat
         register_table(spark, database="registered", name="scores", table_uri=str(table),
                        columns=other, run_date="2026-11-22")
     spark.sql("DROP DATABASE registered CASCADE")
+
+
+def test_a_catalog_table_at_another_place_is_refused_until_dropped(spark, tmp_path):
+    """Two artifact roots (or table roots) on one catalog: the table reads the first one's
+    directory, so a night published under the second was "published" to a table whose
+    readers got nothing for it. The second is refused, naming both places."""
+    import pyarrow as pa
+
+    from recsys.publish.tables import CatalogMismatchError, register_table
+
+    columns = pa.schema([("user_id", pa.int32()), ("value", pa.int32())])
+    first, second = tmp_path / "root-a" / "scores", tmp_path / "root b" / "scores"
+    _night(spark, first, "2026-11-20", "r1", 1)
+    _night(spark, second, "2026-11-21", "r2", 2)
+    spark.sql("DROP DATABASE IF EXISTS placed CASCADE")
+    register_table(spark, database="placed", name="scores", table_uri=str(first),
+                   columns=columns, run_date="2026-11-20")
+    # the same place, written another way, is the same table
+    register_table(spark, database="placed", name="scores", table_uri=f"file://{first}/",
+                   columns=columns, run_date="2026-11-20")
+    with pytest.raises(CatalogMismatchError) as refused:
+        register_table(spark, database="placed", name="scores", table_uri=str(second),
+                       columns=columns, run_date="2026-11-21")
+    said = str(refused.value)
+    assert said.startswith(f"catalog table placed.scores is at file:{first}, but this run "
+                           f"publishes it at {io.normalize_uri(str(second))} (")
+    assert "DROP TABLE placed.scores" in said and "spark.metastore_dir" in said
+    rows = spark.sql("SELECT CAST(run_date AS STRING) AS d FROM placed.scores").collect()
+    assert {r.d for r in rows} == {"2026-11-20"}  # nothing was added to the first
+    spark.sql("DROP TABLE placed.scores")
+    assert (first / "run_date=2026-11-20").is_dir()  # its files stay
+    register_table(spark, database="placed", name="scores", table_uri=str(second),
+                   columns=columns, run_date="2026-11-21")
+    rows = spark.sql("SELECT CAST(run_date AS STRING) AS d, sum(value) AS v "
+                     "FROM placed.scores GROUP BY run_date").collect()
+    assert {r.d: r.v for r in rows} == {"2026-11-21": 10}
+    spark.sql("DROP DATABASE placed CASCADE")

@@ -263,6 +263,24 @@ def test_a_metastore_held_by_another_session_fails_the_night_clearly(scored, tmp
                          ).num_rows == 610
 
 
+def test_a_catalog_whose_tables_read_another_root_stops_the_night(scored, tmp_path):
+    """The module's catalog has the tables at the module's root; a run publishing under
+    another table root on it used to report the night published, while the tables' readers
+    got nothing for it."""
+    root, meta, _ = scored
+    tables = tmp_path / "tables"
+    run = score(root, meta, "--set", f"score.table_root={tables}", run_date="2026-11-30")
+    said = run.stdout + run.stderr
+    assert run.returncode == 2, said[-3000:]
+    published = io.normalize_uri(str(Path(root) / "tables" / "movielens_"))
+    assert (f"score_all_users: configuration error: catalog table default.movielens_"
+            in said and f"is at {published.replace('file://', 'file:')}" in said)
+    assert "DROP TABLE default.movielens_" in said and "Traceback" not in said
+    assert not (tables / "movielens_recommendations" / "run_date=2026-11-30").exists()
+    assert not (Path(root) / "tables" / "movielens_recommendations" / "run_date=2026-11-30"
+                ).exists()
+
+
 HOLD_CLAIM = """
 import os, sys
 from recsys import io
