@@ -343,6 +343,14 @@ class ScoreConfig:
         _Check("score", self).at_least(1, "top_n", "batch_size", "max_scann_depth").identifier(
             "database", "recommendations_table", "user_embeddings_table",
             "similar_movies_table")
+        tables = (self.recommendations_table, self.user_embeddings_table,
+                  self.similar_movies_table)
+        if len({t.lower() for t in tables}) < len(tables):  # the catalog folds case
+            raise ConfigError(
+                "score.recommendations_table, score.user_embeddings_table and "
+                "score.similar_movies_table must be three different names (their nights "
+                "would be written into one directory and one catalog table), got "
+                + ", ".join(repr(t) for t in tables))
 
 
 @dataclass(frozen=True)

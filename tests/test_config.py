@@ -88,6 +88,11 @@ def test_bad_overrides_name_the_key(override, message):
         ("index.num_neighbors=0", "index.num_neighbors must be >= 1"),
         ("score.top_n=0", "score.top_n must be >= 1, got 0"),
         ("score.recommendations_table=recs-tonight", "score.recommendations_table must be a SQL identifier"),
+        ("score.similar_movies_table=Movielens_Recommendations",
+         "score.recommendations_table, score.user_embeddings_table and "
+         "score.similar_movies_table must be three different names (their nights would be "
+         "written into one directory and one catalog table), got 'movielens_recommendations', "
+         "'movielens_user_embeddings', 'Movielens_Recommendations'"),
         ("spark.log_level=LOUD", "spark.log_level must be one of 'ALL'"),
         ("spark.shuffle_partitions=0", "spark.shuffle_partitions must be >= 1"),
         ("spark.driver_memory=6 GB", "spark.driver_memory must be a whole, positive number of bytes"),
