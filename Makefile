@@ -6,6 +6,13 @@ VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 ARTIFACTS  ?= artifacts
+# The Spark SQL catalog the tables are registered in. A catalog knows one place per table,
+# so another artifact root gets a catalog of its own, inside it.
+ifeq ($(ARTIFACTS),artifacts)
+METASTORE  ?= metastore
+else
+METASTORE  ?= $(ARTIFACTS)/metastore
+endif
 SYNTHETIC  ?= data/synthetic/ml-25m-synthetic
 DRIVER_MEMORY ?= 6g
 
@@ -58,7 +65,8 @@ test: check-java venv
 	$(PY) -m pytest -q tests
 
 preprocess: check-java venv
-	$(SPARK_SUBMIT) jobs/preprocess.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(SPARK_SUBMIT) jobs/preprocess.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
+	  --set spark.metastore_dir=$(METASTORE)
 
 train: venv
 	$(PY) jobs/train.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
@@ -67,14 +75,17 @@ index: venv
 	$(PY) jobs/build_index.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
 
 score: check-java venv
-	$(SPARK_SUBMIT) jobs/score_all_users.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(SPARK_SUBMIT) jobs/score_all_users.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
+	  --set spark.metastore_dir=$(METASTORE)
 
 evaluate: check-java venv
-	$(SPARK_SUBMIT) jobs/evaluate.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(SPARK_SUBMIT) jobs/evaluate.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
+	  --set spark.metastore_dir=$(METASTORE)
 
 # The nightly pipeline, as cron runs it: preprocess -> train -> index -> score -> evaluate.
 run: check-java venv
-	$(PY) jobs/nightly.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(PY) jobs/nightly.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
+	  --set spark.metastore_dir=$(METASTORE)
 
 $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)
