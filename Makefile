@@ -13,6 +13,10 @@ METASTORE  ?= metastore
 else
 METASTORE  ?= $(ARTIFACTS)/metastore
 endif
+# What every pipeline target gives its job: the embedded corpus's configuration, the root
+# and its catalog.
+JOB_ARGS   = --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
+             --set spark.metastore_dir=$(METASTORE)
 SYNTHETIC  ?= data/synthetic/ml-25m-synthetic
 DRIVER_MEMORY ?= 6g
 
@@ -65,27 +69,23 @@ test: check-java venv
 	$(PY) -m pytest -q tests
 
 preprocess: check-java venv
-	$(SPARK_SUBMIT) jobs/preprocess.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
-	  --set spark.metastore_dir=$(METASTORE)
+	$(SPARK_SUBMIT) jobs/preprocess.py $(JOB_ARGS)
 
 train: venv
-	$(PY) jobs/train.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(PY) jobs/train.py $(JOB_ARGS)
 
 index: venv
-	$(PY) jobs/build_index.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS)
+	$(PY) jobs/build_index.py $(JOB_ARGS)
 
 score: check-java venv
-	$(SPARK_SUBMIT) jobs/score_all_users.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
-	  --set spark.metastore_dir=$(METASTORE)
+	$(SPARK_SUBMIT) jobs/score_all_users.py $(JOB_ARGS)
 
 evaluate: check-java venv
-	$(SPARK_SUBMIT) jobs/evaluate.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
-	  --set spark.metastore_dir=$(METASTORE)
+	$(SPARK_SUBMIT) jobs/evaluate.py $(JOB_ARGS)
 
 # The nightly pipeline, as cron runs it: preprocess -> train -> index -> score -> evaluate.
 run: check-java venv
-	$(PY) jobs/nightly.py --conf-file conf/default.toml --artifact-root $(ARTIFACTS) \
-	  --set spark.metastore_dir=$(METASTORE)
+	$(PY) jobs/nightly.py $(JOB_ARGS)
 
 $(SYNTHETIC)/ratings.csv: | venv
 	$(PY) jobs/make_synthetic_corpus.py --out $(SYNTHETIC)

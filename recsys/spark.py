@@ -53,7 +53,8 @@ _SCRATCH = re.compile(r"^(\d+)-[a-z0-9_]{8}$")  # <owner pid>-<mkdtemp's random 
 _OWNER = ".owner"  # flocked by the owner, and by the processes it hands the descriptor to
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,6 +62,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def _stat_field(pid: int, field: int) -> int | None:
+    """Numeric field ``field`` (numbered as in proc(5), from 1) of ``/proc/<pid>/stat``;
+    None when it cannot be read (no such process, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[field - 3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot, which tells a process
+    from a later one given the same id; None where ``/proc`` cannot tell."""
+    return _stat_field(pid, 22)
 
 
 def sweep_scratch(root: str) -> list[str]:
@@ -77,7 +94,7 @@ def sweep_scratch(root: str) -> list[str]:
     removed = []
     for name in sorted(names):
         owner = _SCRATCH.match(name)
-        if not owner or _alive(int(owner.group(1))):
+        if not owner or process_alive(int(owner.group(1))):
             continue
         path = os.path.join(root, name)
         try:
@@ -236,20 +253,13 @@ def describe_process(pid: int) -> str:
         except OSError:
             return ""
 
-    def parent(p: int) -> int | None:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                return int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return None
-
     own = cmdline(pid)
     if not own:
         return f"process {pid}"
     program = os.path.basename(own.split()[0])
     if "org.apache.spark.deploy.SparkSubmit" not in own:
         return f"process {pid} ({own[:160]})"
-    ppid = parent(pid)
+    ppid = _stat_field(pid, 4)  # the parent's id
     started_by = cmdline(ppid) if ppid else ""
     if not started_by:
         return f"process {pid} ({program}, a Spark driver)"

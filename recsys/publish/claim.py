@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from recsys import io
 from recsys.publish import side_dir
+from recsys.spark import process_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,10 @@ def claim_uri(table_uri: str, run_date: str) -> str:
     return io.join(side_dir(table_uri, "staging"), f"run_date={run_date}.claim")
 
 
-def process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat``,
-    Linux), which tells a process from a later one given the same id; None elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _running(pid: int, started: int | None) -> bool:
     """Whether process ``pid`` of this host, started at ``started``, still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        pass  # another user's process: it exists
     now = process_start(pid)
     return started is None or now is None or now == started
 

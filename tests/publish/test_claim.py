@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from recsys import io
-from recsys.publish.claim import NightClaimedError, claim_night, claim_uri, process_start
+from recsys.publish.claim import NightClaimedError, claim_night, claim_uri
+from recsys.spark import process_start
 
 NIGHT = "2026-11-23"
 
