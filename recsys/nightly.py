@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
 EXIT_LOCKED = 10
 EXIT_STAGE_BASE = 10
+EXIT_INTERRUPTED = 130
 STAGES = ("preprocess", "train", "index", "score", "evaluate")
 
 
@@ -82,11 +83,13 @@ class NightlyResult:
     summary_uri: str = ""
     #: What retention removed after the night (recsys.retention), or why it did not run.
     pruned: dict[str, Any] = field(default_factory=dict)
+    #: The signal that stopped the run ("SIGTERM", "SIGINT"), "" when none came.
+    stopped_by: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_date": self.run_date, "exit_code": self.exit_code,
-                "log_file": self.log_file, "stages": [s.__dict__ for s in self.stages],
-                "pruned": self.pruned}
+                "stopped_by": self.stopped_by, "log_file": self.log_file,
+                "stages": [s.__dict__ for s in self.stages], "pruned": self.pruned}
 
 
 class Lock:
@@ -162,6 +165,20 @@ class Runner:
         self.pass_fds = pass_fds  # the lock and the scratch directory's: stages hold them too
         self.echo = echo
         self.child: subprocess.Popen | None = None
+        self.stopped_by = ""  # the first SIGTERM / SIGINT received, by name
+
+    def stop(self, signum: int) -> None:
+        """The nightly's SIGTERM / SIGINT handler. A running stage is stopped (its whole
+        process group) and :meth:`run` raises KeyboardInterrupt; between stages the run
+        only notes the signal and stops before the next stage, so that its summary is
+        still written."""
+        if not self.stopped_by:
+            self.stopped_by = signal.Signals(signum).name
+            self.note(f"received {self.stopped_by}: stopping"
+                      + (" the running stage" if self.child is not None else ""))
+        if self.child is not None:
+            self.stop_child()
+            raise KeyboardInterrupt
 
     def note(self, text: str) -> None:
         line = f"[nightly {_now()}] {text}"
@@ -173,10 +190,15 @@ class Runner:
         self.log.write(f"$ {shlex.join(cmd)}\n")
         self.log.flush()
         tail: list[str] = []
+        if self.stopped_by:
+            raise KeyboardInterrupt
         self.child = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace", start_new_session=True,
             pass_fds=self.pass_fds)
+        if self.stopped_by:  # the signal came while it started
+            self.stop_child()
+            raise KeyboardInterrupt
         assert self.child.stdout is not None
         for line in self.child.stdout:
             self.log.write(line)
@@ -358,14 +380,8 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
         assert lock.fd is not None and scratch.fd is not None
         runner = Runner(log, (lock.fd, scratch.fd), echo)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            runner.note(f"received signal {signum}: stopping the running stage")
-            runner.stop_child()
-            raise KeyboardInterrupt
-
         for s in previous:
-            signal.signal(s, on_signal)
+            signal.signal(s, lambda signum, _frame: runner.stop(signum))
         try:
             return _run_stages(config, runner, run_id, run_date, root, force_train, log_file,
                                scratch.path)
@@ -388,6 +404,9 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
     exit_code = 0
     runner.note(f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}")
     for number, stage in enumerate(STAGES, start=1):
+        if runner.stopped_by and not exit_code:  # the signal came between two stages
+            runner.note(f"{stage}: not started ({runner.stopped_by})")
+            exit_code = EXIT_INTERRUPTED
         if exit_code:
             results.append(StageResult(stage, "not run"))
             continue
@@ -416,9 +435,11 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         try:
             code, tail = runner.run(commands[stage], env)
         except KeyboardInterrupt:
-            results.append(StageResult(stage, "failed", round(time.perf_counter() - start, 1),
-                                       130, reason="interrupted"))
-            exit_code = 130
+            wall = round(time.perf_counter() - start, 1)
+            results.append(StageResult(stage, "failed", wall, EXIT_INTERRUPTED,
+                                       reason=f"stopped by {runner.stopped_by or 'SIGINT'}"))
+            runner.note(f"{stage}: stopped after {wall:.1f} s")
+            exit_code = EXIT_INTERRUPTED
             break
         wall = round(time.perf_counter() - start, 1)
         if code != 0:
@@ -434,7 +455,10 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         results.append(StageResult(stage, "not run"))
     result = NightlyResult(run_id, run_date, exit_code, log_file, results)
     result.pruned = _prune(config, root, runner, run_id) if exit_code == 0 else {
-        "skipped": "the night failed: every run is kept to be read"}
+        "skipped": f"the night {'was stopped' if exit_code == EXIT_INTERRUPTED else 'failed'}: "
+                   "every run is kept to be read"}
+    if runner.stopped_by:  # stopped at any point, pruning included: the run says so
+        result.exit_code, result.stopped_by = EXIT_INTERRUPTED, runner.stopped_by
     try:
         uri = io.join(root, "nightly", run_id, "summary.json")
         io.write_text(uri, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
@@ -455,14 +479,19 @@ def _prune(config: Config, root: str, runner: Runner, run_id: str) -> dict[str, 
         return {"skipped": "nightly.keep_runs = 0"}
     try:
         pruned = prune(root, keep, log_dir=config.nightly.log_dir, tonight=run_id,
-                       table_root=config.score.table_root)
+                       table_root=config.score.table_root,
+                       stop=lambda: bool(runner.stopped_by))
     except (OSError, ValueError) as exc:  # e.g. an unreadable manifest: nothing removed
         runner.note(f"retention: could not prune old runs: {exc}")
         return {"error": str(exc)}
     runner.note(f"retention: kept the {keep} newest runs of each stage; removed "
                 f"{pruned.describe()}")
-    return {"keep_runs": keep, "removed": pruned.removed, "removed_bytes": pruned.removed_bytes,
-            "in_use": sorted(pruned.in_use)}
+    out = {"keep_runs": keep, "removed": pruned.removed, "removed_bytes": pruned.removed_bytes,
+           "in_use": sorted(pruned.in_use)}
+    if pruned.stopped:
+        out["stopped"] = (f"by {runner.stopped_by} with {pruned.left} more to remove; the "
+                          "next good night removes them")
+    return out
 
 
 def _job_name(stage: str) -> str:
@@ -471,7 +500,9 @@ def _job_name(stage: str) -> str:
 
 def format_summary(result: NightlyResult) -> str:
     lines = [f"summary of run {result.run_id} (run_date {result.run_date}): "
-             + ("succeeded" if result.exit_code == 0 else f"FAILED, exit code {result.exit_code}")]
+             + ("succeeded" if result.exit_code == 0
+                else f"STOPPED by {result.stopped_by}, exit code {result.exit_code}"
+                if result.stopped_by else f"FAILED, exit code {result.exit_code}")]
     for s in result.stages:
         line = f"  {s.name:<10} {s.status:<8}"
         if s.status in ("ok", "failed"):

@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from recsys import artifacts, io
 from recsys.nightly import STAGES
@@ -48,10 +49,14 @@ class Pruned:
     removed: list[str] = field(default_factory=list)  # URIs / paths, oldest first per place
     removed_bytes: int = 0
     in_use: list[str] = field(default_factory=list)  # "stage/run_id" kept because in use
+    #: Stopped before the end (``prune``'s ``stop``): the rest goes at the next pruning.
+    stopped: bool = False
+    left: int = 0  # what was to be removed and was not, when stopped
 
     def describe(self) -> str:
-        return (f"{len(self.removed)} old runs and logs ({self.removed_bytes / 2**20:,.1f} MiB); "
-                f"in use: {', '.join(sorted(self.in_use)) or 'none'}")
+        return (f"{len(self.removed)} old runs and logs ({self.removed_bytes / 2**20:,.1f} MiB)"
+                + (f", stopped with {self.left} more to remove" if self.stopped else "")
+                + f"; in use: {', '.join(sorted(self.in_use)) or 'none'}")
 
 
 def _reference(key: str, value: object) -> tuple[str, str] | None:
@@ -127,10 +132,12 @@ def _stale_staging(table_root: str, started_before: str) -> list[str]:
 
 def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str = "",
           tonight: str | None = None, dry_run: bool = False, grace_hours: float = 24.0,
-          now: dt.datetime | None = None) -> Pruned:
+          now: dt.datetime | None = None, stop: Callable[[], bool] | None = None) -> Pruned:
     """Remove what the rules above do not keep (nothing with ``dry_run``); ``keep`` >= 1.
     ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs;
-    ``table_root``: where the tables are (``score.table_root``; "" = ``<root>/tables``).
+    ``table_root``: where the tables are (``score.table_root``; "" = ``<root>/tables``);
+    ``stop``: asked before each removal; when it says so, the pruning ends there (a
+    SIGTERM to the nightly), each run removed whole or not at all.
 
     Raises (removing nothing) when a run in use has a manifest that cannot be read: what
     it was made from cannot be known then."""
@@ -153,7 +160,10 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
         ids = [m.group(1) for n in os.listdir(log_dir) if (m := _LOG.match(n))]
         victims += [os.path.abspath(os.path.join(log_dir, f"nightly-{r}.log"))
                     for r in _beyond(ids, keep, tonight)]
-    for uri in victims:
+    for done, uri in enumerate(victims):
+        if stop is not None and stop():
+            result.stopped, result.left = True, len(victims) - done
+            break
         result.removed_bytes += _size(uri)
         if not dry_run:
             io.delete(uri)

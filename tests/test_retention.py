@@ -135,6 +135,36 @@ def test_an_incomplete_run_started_within_the_grace_period_is_left_alone(tmp_pat
     assert gone.removed == [path(root, "train", rid(30, 10))]
 
 
+def test_a_stopped_pruning_removes_whole_runs_up_to_the_stop_and_says_how_many_are_left(history):
+    root, logs = history
+    planned = prune(root, 1, log_dir=str(logs), tonight=rid(30), dry_run=True, now=NOW).removed
+    asked = iter([False, False, True])
+    done = prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW, stop=lambda: next(asked))
+    assert done.removed == planned[:2] and done.stopped and done.left == len(planned) - 2
+    assert not any(io.exists(uri) for uri in planned[:2])
+    assert all(io.exists(uri) for uri in planned[2:])
+    assert f"stopped with {len(planned) - 2} more to remove" in done.describe()
+    # the next pruning removes the rest
+    assert prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW).removed == planned[2:]
+
+
+def test_the_nightly_stops_pruning_once_it_has_a_signal_and_keeps_what_is_left(history):
+    from io import StringIO
+
+    from recsys.config import NightlyConfig
+    from recsys.nightly import Runner, _prune
+
+    root, logs = history
+    planned = prune(root, 1, log_dir=str(logs), tonight=rid(30), dry_run=True).removed
+    runner = Runner(StringIO(), echo=lambda line: None)
+    runner.stopped_by = "SIGTERM"  # what Runner.stop records when no stage is running
+    config = Config(nightly=NightlyConfig(keep_runs=1, log_dir=str(logs)))
+    out = _prune(config, io.normalize_uri(root), runner, rid(30))
+    assert out["removed"] == [] and out["stopped"] == (
+        f"by SIGTERM with {len(planned)} more to remove; the next good night removes them")
+    assert all(io.exists(uri) for uri in planned)
+
+
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep must be >= 1"):
         prune(str(tmp_path), 0)

@@ -204,6 +204,35 @@ def test_a_stage_that_fails_in_the_jvm_is_said_by_its_exception_not_a_stack_fram
     assert _failure_reason(["a", "b"], "preprocess") == "b" and _failure_reason([], "x") == ""
 
 
+def test_a_signal_between_stages_stops_before_the_next_and_the_summary_is_written(tmp_path):
+    """SIGTERM while no stage runs (here: the night's first line, before preprocess) used to
+    leave the run by a KeyboardInterrupt with no summary and an unfinished log."""
+    from recsys.config import Config, NightlyConfig
+    from recsys.nightly import EXIT_INTERRUPTED, run_nightly
+
+    config = Config(artifact_root=str(tmp_path / "artifacts"),
+                    nightly=NightlyConfig(log_dir=str(tmp_path / "logs"))).with_input(str(SMALL))
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if "run_date=2026-11-22" in line:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread, as cron's would be
+
+    result = run_nightly(config, run_date="2026-11-22", echo=echo)
+    assert result.exit_code == EXIT_INTERRUPTED and result.stopped_by == "SIGTERM"
+    assert [st.status for st in result.stages] == ["not run"] * 5
+    assert any("received SIGTERM: stopping" in ln for ln in lines)
+    assert any("preprocess: not started (SIGTERM)" in ln for ln in lines)
+    assert "STOPPED by SIGTERM, exit code 130" in "\n".join(lines)
+    written = json.loads(Path(io.local_path(result.summary_uri)).read_text())
+    assert written["exit_code"] == 130 and written["stopped_by"] == "SIGTERM"
+    assert written["pruned"] == {"skipped": "the night was stopped: every run is kept to be read"}
+    assert not (tmp_path / "artifacts" / "preprocess").exists()
+    log = Path(result.log_file).read_text()
+    assert "summary of run" in log and "STOPPED by SIGTERM" in log
+
+
 @pytest.mark.parametrize("key", ["nightly.log_dir", "nightly.lock_file"])
 def test_a_log_or_lock_place_that_cannot_be_written_is_a_configuration_error(tmp_path, key):
     (tmp_path / "a-file").write_text("")
