@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import platform
 import re
 import time
@@ -21,6 +22,8 @@ from typing import Any, Iterator
 from recsys import io
 from recsys.config import Config, ConfigError, dump_toml
 from recsys.version import __version__
+
+log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
@@ -162,9 +165,23 @@ def failure_recorded(run_dir: str, manifest: Manifest, *,
     try:
         yield
     except BaseException as exc:
+        full = io.storage_full(exc, writing=f"under {run_dir}")
+        said = full is None or isinstance(exc, io.StorageFullError) or not isinstance(exc, Exception)
+        error = exc if said else io.StorageFullError(full)
         if not only_if_started or io.exists(run_dir):
-            write_failed(run_dir, manifest, exc)
-        raise
+            try:
+                if full is not None:
+                    # What it wrote cannot be used and holds the space the next run needs
+                    # (and the failed manifest below): only the manifest is kept.
+                    for name in io.list_dir(run_dir):
+                        if name != MANIFEST:
+                            io.delete(io.join(run_dir, name))
+                write_failed(run_dir, manifest, error)
+            except OSError as also:  # never hide the run's own error behind this one
+                log.warning("could not record the failure in %s: %s", run_dir, also)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def commit(root: str, stage: str, run_dir: str, manifest: Manifest, config: Config) -> None:

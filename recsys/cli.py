@@ -17,7 +17,7 @@ from typing import Callable
 from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
-from recsys.io import ArtifactIOError
+from recsys.io import ArtifactIOError, storage_full
 from recsys.publish import CatalogUnavailableError
 from recsys.publish.claim import NightClaimedError
 from recsys.spark import SparkStartError
@@ -107,6 +107,12 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
         stop = _stopped_by(exc)
         if stop is not None:
             return _stopped(name, stop)
+        full = storage_full(exc)
+        if full is not None:  # from any layer: Python, pyarrow, a Spark task, the JVM
+            print(f"{name}: artifact storage error: {full}: free space there (or give the "
+                  "job a place with room) and run it again; the run is recorded as failed "
+                  "and what it had written is removed", file=sys.stderr)
+            return EXIT_ARTIFACT
         for kind, code, label in _KNOWN:
             if isinstance(exc, kind):
                 print(f"{name}: {label}: {exc}", file=sys.stderr)

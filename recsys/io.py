@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,52 @@ _LIBRARY_HINTS = {
 
 class ArtifactIOError(OSError):
     """A file or directory under an artifact URI could not be read or written."""
+
+
+class StorageFullError(ArtifactIOError):
+    """A write failed for a full disk or an exhausted quota; the message says where."""
+
+
+#: A full disk or an exhausted quota, as Python says it (errno), as the JVM does (the C
+#: library's text in a java.io.IOException) and as HDFS does (its quota exceptions).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|"
+                        r"\b(?:NSQuota|DSQuota|Quota)ExceededException|DiskOutOfSpaceException")
+_WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRITE_FAILED
+
+
+def storage_full(exc: BaseException, *, writing: str | None = None) -> str | None:
+    """Why ``exc`` failed, when it (or an error it was raised from or while handling) is
+    a full disk or an exhausted quota: e.g. "no space left on device writing <place>",
+    the place as an error names it, else ``writing``. ``None`` for any other failure."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    found = where = None
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StorageFullError):
+            return str(e)  # said already, with the place
+        try:
+            text = str(e)  # a Py4JJavaError asks the JVM for its stack: it may be gone
+        except Exception:  # noqa: BLE001
+            text = ""
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            found = found or os.strerror(e.errno)
+            where = where or e.filename
+        elif (m := _FULL_TEXT.search(text)) is not None:
+            found = found or m.group(0)
+        if where is None and (m := _WRITING.search(text)) is not None:
+            where = m.group(1)
+        todo += [e.__cause__, e.__context__]
+    if found is None:
+        return None
+    reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \
+        else found
+    where = where or writing
+    return reason + (f" writing {where}" if where else "")
 
 
 def normalize_uri(path: str | os.PathLike[str]) -> str:
@@ -148,9 +195,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        os.replace(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except BaseException:  # e.g. a full disk: no half-written temporary file is left
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
     else:
         with fs.open_output_stream(path) as out:
             out.write(data)

@@ -291,6 +291,30 @@ def check_inputs(config: Config, *, run_id: str | None = None,
                        round(time.perf_counter() - start, 3))
 
 
+def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str):
+    """An exit callback for the night's ExitStack: a failed run removes what it staged.
+    Those files can never be published (a later run stages the whole night again), and
+    a night of them is the size of the tables. A run killed outright leaves them to the
+    next run of that night, or to the retention a day later."""
+
+    def unstage(exc_type, exc, _tb) -> bool:
+        if exc is None:
+            return False
+        for directory in staged:  # committed ones are no longer there
+            try:
+                io.delete(directory)
+            except OSError as also:
+                log.warning("could not remove the staged files %s: %s", directory, also)
+        if isinstance(exc, Exception) and not isinstance(exc, io.StorageFullError) and (
+                full := io.storage_full(exc, writing=f"tonight's tables under {table_root} "
+                                                     f"or the run's record under {run_dir}")):
+            # the workers' errors do not say which file they were writing
+            raise io.StorageFullError(full) from exc
+        return False
+
+    return unstage
+
+
 def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
               run_date: str | None = None) -> ScoreResult:
     """Score every user of the preprocess run's histories and publish the three tables."""
@@ -331,6 +355,7 @@ def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
                 f"cannot write the tables under {table_root} ({exc}): set score.table_root "
                 "(by default <artifact_root>/tables) to a place this job and its executors "
                 "can write") from None
+        night.push(_unstage_on_failure(list(staging.values()), table_root, run_dir))
         similar_staging = staging.pop("similar_movies")
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
         columns = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS,

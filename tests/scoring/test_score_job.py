@@ -19,6 +19,7 @@ import pytest
 
 from recsys import artifacts, io
 from tests.conftest import REPO
+from tests.fullfs import run_on_small_fs
 from tests.standalone import standalone_cluster
 
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
@@ -33,15 +34,22 @@ def env() -> dict[str, str]:
 TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name ours
 
 
+def score_cmd(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
+              submit: tuple[str, ...] = ("--master", "local[2]"),
+              job: Path = REPO / "jobs/score_all_users.py") -> list[str]:
+    return [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
+            "--driver-java-options",
+            f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
+            str(job), "--artifact-root", root,
+            "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
+            "--train-run", *TRAIN_RUN, *extra]
+
+
 def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
           submit: tuple[str, ...] = ("--master", "local[2]"),
           tmpdir: Path | None = None, job: Path = REPO / "jobs/score_all_users.py"
           ) -> subprocess.CompletedProcess:
-    cmd = [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
-           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
-           str(job), "--artifact-root", root,
-           "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
-           "--train-run", *TRAIN_RUN, *extra]
+    cmd = score_cmd(root, meta, *extra, run_date=run_date, submit=submit, job=job)
     extra_env = {"TMPDIR": str(tmpdir)} if tmpdir else {}
     return subprocess.run(cmd, env={**env(), **extra_env}, capture_output=True, text=True,
                           timeout=900, cwd=meta)
@@ -215,6 +223,31 @@ def test_a_table_root_that_cannot_be_written_is_said_before_scoring(scored, tmp_
     assert (f"score_all_users: configuration error: cannot write the tables under "
             f"{tmp_path / 'a-file' / 'tables'}") in said and "set score.table_root" in said
     assert "PythonException" not in said and "Traceback" not in said
+
+
+def test_a_full_disk_under_the_tables_is_said_and_what_was_staged_is_removed(scored, tmp_path):
+    """The tables' disk fills up while the Python workers write tonight's files: the job
+    used to end with exit 1 and a worker's traceback through Spark's, and left the staged
+    files there, holding the space the next night needs."""
+    root, meta, _ = scored
+    latest = (Path(root) / "score" / "LATEST").read_text()
+    fs = tmp_path / "fs"
+    done = run_on_small_fs(
+        score_cmd(root, meta, "--set", f"score.table_root={fs / 'tables'}",
+                  "--set", "score.database=full", run_date="2026-11-25"),
+        fs, "300k", env=env())
+    assert done.returncode == 4, done.stdout[-3000:]
+    said = done.stdout + done.stderr  # spark-submit's Python driver writes both to stdout
+    line = next(ln for ln in said.splitlines() if ln.startswith("score_all_users: "))
+    assert line.startswith(
+        f"score_all_users: artifact storage error: no space left on device writing tonight's "
+        f"tables under {fs / 'tables'} or the run's record under file://{root}/score/"), line
+    assert done.left == {}  # nothing staged is left, nor the night's claim
+    assert (Path(root) / "score" / "LATEST").read_text() == latest
+    failed = max((Path(root) / "score").glob("2*"), key=lambda p: p.name)
+    manifest = json.loads((failed / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith(
+        "StorageFullError: no space left on device writing tonight's tables")
 
 
 HOLD_METASTORE = """

@@ -1,0 +1,134 @@
+"""A full disk (or an exhausted quota) under the artifacts: each job says so in one line
+with exit 4 and the place, records its run as failed and removes what it had written,
+which would otherwise hold the space the next run needs. The errors are the kernel's own
+(a real tmpfs that fills up, /dev/full), met through Python, pyarrow, Spark and the JVM.
+The score job's case is in tests/scoring/test_score_job.py."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys import artifacts, io
+from recsys.config import Config
+from tests.conftest import REPO, SMALL
+from tests.fullfs import run_on_small_fs
+
+DEV_FULL = "/dev/full"  # every write to it fails with ENOSPC
+
+
+def enospc() -> OSError:
+    try:
+        with open(DEV_FULL, "wb", buffering=0) as fh:
+            fh.write(b"x")
+    except OSError as exc:
+        return exc
+    raise AssertionError(f"a write to {DEV_FULL} succeeded")
+
+
+def test_a_full_disk_is_told_from_pythons_pyarrows_and_the_jvms_errors():
+    full = enospc()
+    assert full.errno == errno.ENOSPC
+    assert io.storage_full(full) == "no space left on device"
+    assert io.storage_full(full, writing="under /x") == "no space left on device writing under /x"
+    try:  # raised while handling it: still the cause
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("cleanup failed too")
+    except RuntimeError as outer:
+        assert io.storage_full(outer) == "no space left on device"
+    spark = RuntimeError(
+        "An error occurred while calling o1189.parquet.\n: org.apache.spark.SparkException: "
+        "[TASK_WRITE_FAILED] Task failed while writing rows to file:/data/art/preprocess/r1/"
+        "histories. SQLSTATE: 58030\nCaused by: java.io.IOException: No space left on device")
+    assert io.storage_full(spark, writing="elsewhere") == \
+        "no space left on device writing file:/data/art/preprocess/r1/histories"
+    hdfs = RuntimeError("org.apache.hadoop.hdfs.protocol.DSQuotaExceededException: The "
+                        "DiskSpace quota of /user/recs is exceeded")
+    assert io.storage_full(hdfs) == "DSQuotaExceededException"
+    assert io.storage_full(OSError(errno.EDQUOT, "x", "/q/f")) == \
+        "disk quota exceeded writing /q/f"
+    assert io.storage_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert io.storage_full(ValueError("no space in this title")) is None
+    said = io.StorageFullError("no space left on device writing the tables under /t")
+    assert io.storage_full(said, writing="ignored") == str(said)
+
+
+def test_a_failed_run_on_a_full_disk_keeps_only_its_manifest_and_says_where(tmp_path):
+    root = str(tmp_path / "artifacts")
+    run_dir = artifacts.stage_dir(root, "train", "r1")
+    io.write_text(io.join(run_dir, "user_tower.npz"), "x" * 10_000)
+    io.write_text(io.join(run_dir, "vocab", "movies.txt"), "1\n2\n")
+    manifest = artifacts.Manifest("train", "r1", Config())
+    with pytest.raises(io.StorageFullError) as raised:
+        with artifacts.failure_recorded(run_dir, manifest):
+            raise enospc()
+    assert str(raised.value) == f"no space left on device writing under {run_dir}"
+    assert isinstance(raised.value.__cause__, OSError)
+    assert io.list_dir(run_dir) == [artifacts.MANIFEST]
+    written = json.loads(io.read_text(io.join(run_dir, artifacts.MANIFEST)))
+    assert written["status"] == "failed"
+    assert written["error"] == f"StorageFullError: {raised.value}"
+    # any other failure keeps what the run wrote, to be read
+    other = artifacts.stage_dir(root, "train", "r2")
+    io.write_text(io.join(other, "user_tower.npz"), "x")
+    with pytest.raises(ValueError):
+        with artifacts.failure_recorded(other, artifacts.Manifest("train", "r2", Config())):
+            raise ValueError("bad")
+    assert io.list_dir(other) == [artifacts.MANIFEST, "user_tower.npz"]
+
+
+def test_a_write_that_fills_the_disk_leaves_no_half_written_file(tmp_path):
+    code = ("import sys; from recsys import io\n"
+            "try:\n    io.write_text(sys.argv[1], 'x' * 400_000)\n"
+            "except OSError as exc:\n    print('ERRNO', exc.errno)\n")
+    done = run_on_small_fs([sys.executable, "-c", code, str(tmp_path / "fs" / "manifest.json")],
+                           tmp_path / "fs", "100k", prepare="echo kept > other.txt")
+    assert done.returncode == 0, done.stderr
+    assert f"ERRNO {errno.ENOSPC}" in done.stdout
+    assert done.left == {str(tmp_path / "fs" / "other.txt"): 5}  # no manifest.json.tmp-*
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_preprocess_on_a_full_disk_exits_4_naming_the_place(tmp_path, job_env):
+    fs = tmp_path / "fs"
+    done = run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(SMALL),
+         "--artifact-root", str(fs / "art"), "--set", "spark.driver_memory=2g"],
+        fs, "800k", env=job_env)
+    assert done.returncode == 4, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith(f"preprocess: artifact storage error: no space left on device "
+                           f"writing file:{fs}/art/preprocess/"), line
+    assert "histories: free space there" in line
+    # the failed run keeps its manifest, which says why; what it wrote is gone
+    assert [Path(p).name for p in done.left] == ["manifest.json"], done.left
+
+
+def test_train_on_a_full_disk_exits_4_and_the_partial_model_is_removed(small_run, tmp_path,
+                                                                      job_env):
+    _, pre = small_run
+    fs = tmp_path / "fs"
+    source = io.local_path(pre.run_dir)
+    run = Path(source).name
+    prepare = (f"mkdir -p art/preprocess && cp -r '{source}' art/preprocess/ && "
+               f"echo {run} > art/preprocess/LATEST")
+    done = run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--artifact-root", str(fs / "art"),
+         "--preprocess-run", run, "--set", "train.epochs=1"],
+        fs, "4m", prepare=prepare, env=job_env)
+    assert done.returncode == 4, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith("train: artifact storage error: no space left on device writing "
+                           f"under file://{fs}/art/train/"), line
+    assert "Traceback" not in done.stderr
+    trained = [p for p in done.left if "/art/train/" in p]
+    assert [Path(p).name for p in trained] == ["manifest.json"], trained
