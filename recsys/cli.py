@@ -110,8 +110,7 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
         full = storage_full(exc)
         if full is not None:  # from any layer: Python, pyarrow, a Spark task, the JVM
             print(f"{name}: artifact storage error: {full}: free space there (or give the "
-                  "job a place with room) and run it again; the run is recorded as failed "
-                  "and what it had written is removed", file=sys.stderr)
+                  "job a place with room) and run it again", file=sys.stderr)
             return EXIT_ARTIFACT
         for kind, code, label in _KNOWN:
             if isinstance(exc, kind):

@@ -85,10 +85,13 @@ class NightlyResult:
     pruned: dict[str, Any] = field(default_factory=dict)
     #: The signal that stopped the run ("SIGTERM", "SIGINT"), "" when none came.
     stopped_by: str = ""
+    #: Why the log file stops short (its disk filled up), "" when it is whole.
+    log_lost: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_date": self.run_date, "exit_code": self.exit_code,
                 "stopped_by": self.stopped_by, "log_file": self.log_file,
+                "log_lost": self.log_lost,
                 "stages": [s.__dict__ for s in self.stages], "pruned": self.pruned}
 
 
@@ -115,8 +118,11 @@ class Lock:
             os.close(fd)
             raise LockedError(f"another nightly run holds {self.path} ({holder}); "
                               "not starting a second one") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, started {_now()}\n".encode())
+        try:  # who holds it, for the next run's message; the flock is the lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}, started {_now()}\n".encode())
+        except OSError:
+            pass
         os.set_inheritable(fd, True)
         self.fd = fd
         return self
@@ -166,6 +172,23 @@ class Runner:
         self.echo = echo
         self.child: subprocess.Popen | None = None
         self.stopped_by = ""  # the first SIGTERM / SIGINT received, by name
+        self.log_lost = ""  # why the log file could not be written (e.g. a full disk)
+
+    def _log(self, text: str) -> bool:
+        """Append to the run's log file; once that fails (a full disk), say so on the
+        console, where every later line then goes too: the night goes on, its output kept."""
+        if self.log_lost:
+            return False
+        try:
+            self.log.write(text)
+            self.log.flush()
+            return True
+        except OSError as exc:
+            self.log_lost = exc.strerror or str(exc)
+            self.echo(f"[nightly {_now()}] cannot write the log file "
+                      f"{getattr(self.log, 'name', '')} ({self.log_lost}): the rest of this "
+                      "run's output, its stages' included, comes here instead")
+            return False
 
     def stop(self, signum: int) -> None:
         """The nightly's SIGTERM / SIGINT handler. A running stage is stopped (its whole
@@ -182,13 +205,12 @@ class Runner:
 
     def note(self, text: str) -> None:
         line = f"[nightly {_now()}] {text}"
-        self.log.write(line + "\n")
-        self.log.flush()
+        self._log(line + "\n")
         self.echo(line)
 
     def run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-        self.log.write(f"$ {shlex.join(cmd)}\n")
-        self.log.flush()
+        if not self._log(f"$ {shlex.join(cmd)}\n"):
+            self.echo(f"$ {shlex.join(cmd)}")
         tail: list[str] = []
         if self.stopped_by:
             raise KeyboardInterrupt
@@ -201,10 +223,10 @@ class Runner:
             raise KeyboardInterrupt
         assert self.child.stdout is not None
         for line in self.child.stdout:
-            self.log.write(line)
+            if not self._log(line):
+                self.echo(line.rstrip("\n"))
             if not _STACK_FRAME.match(line):  # a JVM's stack would push its message out
                 tail = (tail + [line.rstrip()])[-15:]
-        self.log.flush()
         code = self.child.wait()
         self.child = None
         return code, tail
@@ -227,14 +249,22 @@ class Runner:
                 continue
 
 
-def _open_log(path: str) -> IO[str]:
+@contextmanager
+def _open_log(path: str) -> Iterator[IO[str]]:
     """The run's log file, in ``nightly.log_dir`` (created when missing)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return open(path, "a", encoding="utf-8")
+        log = open(path, "a", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write the run's log {path} ({exc.strerror or exc}): set "
                           "nightly.log_dir to a writable local directory") from None
+    try:
+        yield log
+    finally:
+        try:
+            log.close()
+        except OSError:  # what a full disk did not take: said when it happened (Runner._log)
+            pass
 
 
 @contextmanager
@@ -394,8 +424,13 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
                 force_train: bool, log_file: str, scratch: str) -> NightlyResult:
     n = config.nightly
     conf_file = os.path.join(scratch, "config.toml")
-    with open(conf_file, "w", encoding="utf-8") as fh:
-        fh.write(dump_toml(config.replace(artifact_root=root)))
+    try:
+        with open(conf_file, "w", encoding="utf-8") as fh:
+            fh.write(dump_toml(config.replace(artifact_root=root)))
+    except OSError as exc:
+        if (full := io.storage_full(exc, writing=f"{conf_file} (spark.scratch_dir)")):
+            raise io.StorageFullError(full) from exc
+        raise
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
     if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
@@ -454,6 +489,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
     for stage in STAGES[len(results):]:
         results.append(StageResult(stage, "not run"))
     result = NightlyResult(run_id, run_date, exit_code, log_file, results)
+    result.log_lost = runner.log_lost
     result.pruned = _prune(config, root, runner, run_id) if exit_code == 0 else {
         "skipped": f"the night {'was stopped' if exit_code == EXIT_INTERRUPTED else 'failed'}: "
                    "every run is kept to be read"}
@@ -530,5 +566,7 @@ def format_summary(result: NightlyResult) -> str:
                 lines.append(f"             {name}: {value}")
     if result.summary_uri:
         lines.append(f"  summary {result.summary_uri}")
-    lines.append(f"  log {result.log_file}")
+    lines.append(f"  log {result.log_file}"
+                 + (f" (stops short: {result.log_lost}; the rest is above)"
+                    if result.log_lost else ""))
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import pytest
 from recsys import io
 from recsys.nightly import EXIT_LOCKED, Lock
 from tests.conftest import REPO, SMALL
+from tests.fullfs import run_on_small_fs
 
 NIGHTLY = str(REPO / "jobs" / "nightly.py")
 
@@ -231,6 +232,40 @@ def test_a_signal_between_stages_stops_before_the_next_and_the_summary_is_writte
     assert not (tmp_path / "artifacts" / "preprocess").exists()
     log = Path(result.log_file).read_text()
     assert "summary of run" in log and "STOPPED by SIGTERM" in log
+
+
+def test_a_log_that_cannot_be_written_sends_the_output_to_the_console_instead():
+    from recsys.nightly import Runner, _open_log
+
+    lines: list[str] = []
+    with _open_log("/dev/full") as log:  # every write to it fails with ENOSPC
+        runner = Runner(log, echo=lines.append)
+        runner.note("run r1: started")
+        code, _ = runner.run([sys.executable, "-c", "print('stage line 1'); print('line 2')"],
+                             os.environ.copy())
+    assert code == 0 and runner.log_lost == "No space left on device"
+    assert lines[0].endswith("cannot write the log file /dev/full (No space left on device): "
+                             "the rest of this run's output, its stages' included, comes "
+                             "here instead")
+    assert lines[1].endswith("] run r1: started")
+    assert lines[2].startswith("$ ") and lines[3:] == ["stage line 1", "line 2"]
+
+
+def test_a_full_disk_under_the_logs_does_not_stop_the_night(first_night, tmp_path):
+    """The log directory's disk is full (here its own small one, filled before the run):
+    the night used to stop at its first line with exit 1 and a traceback."""
+    base, _ = first_night
+    logs = tmp_path / "logs"
+    done = run_on_small_fs([*args(base, "2026-11-24", *LATER), "--set", f"nightly.log_dir={logs}"],
+                           logs, "40k", prepare="head -c 36000 /dev/zero > filler",
+                           env=env(), timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "cannot write the log file" in done.stdout and "No space left on device" in done.stdout
+    assert "score: ok" in done.stdout and "(stops short: No space left on device; the rest " \
+        "is above)" in done.stdout
+    assert "score_all_users: 610 users x top 100" in done.stdout  # a stage's own lines, on the console
+    assert pq.read_table(night(base, "2026-11-24")).num_rows == 610
+    assert summary(base)["log_lost"] == "No space left on device"
 
 
 @pytest.mark.parametrize("key", ["nightly.log_dir", "nightly.lock_file"])
