@@ -158,14 +158,18 @@ def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None
 
 
 @contextmanager
-def failure_recorded(run_dir: str, manifest: Manifest, *,
-                     only_if_started: bool = False) -> Iterator[None]:
+def failure_recorded(run_dir: str, manifest: Manifest, *, only_if_started: bool = False,
+                     scratch: str | None = None) -> Iterator[None]:
     """Any error inside marks the run failed (its manifest, no ``_SUCCESS``), then
-    propagates. ``only_if_started``: not when the run's directory was never created."""
+    propagates. ``only_if_started``: not when the run's directory was never created.
+    A full disk is raised as :class:`recsys.io.StorageFullError`, naming the place (or
+    the run's directory and ``scratch``, the job's local temporary directory, when the
+    error does not say), and what the run wrote is removed but its manifest."""
     try:
         yield
     except BaseException as exc:
-        full = io.storage_full(exc, writing=f"under {run_dir}")
+        full = io.storage_full(exc, places=f"under {run_dir}" + (
+            f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""))
         said = full is None or isinstance(exc, io.StorageFullError) or not isinstance(exc, Exception)
         error = exc if said else io.StorageFullError(full)
         if not only_if_started or io.exists(run_dir):

@@ -571,8 +571,18 @@ def load_config(
         path = Path(conf_file)
         if not path.is_file():
             raise ConfigError(f"configuration file not found: {path}")
+        try:  # an editor's byte order mark is not the file's text
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[:exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not UTF-8 text, as TOML files are: byte "
+                              f"0x{exc.object[exc.start]:02x} on line {line}; save it as "
+                              "UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the configuration file {path}: "
+                              f"{exc.strerror or exc}") from None
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     for text in overrides:

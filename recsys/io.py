@@ -15,6 +15,7 @@ import posixpath
 import re
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote, urlparse
@@ -51,10 +52,12 @@ _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|"
 _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRITE_FAILED
 
 
-def storage_full(exc: BaseException, *, writing: str | None = None) -> str | None:
+def storage_full(exc: BaseException, *, writing: str | None = None,
+                 places: str | None = None) -> str | None:
     """Why ``exc`` failed, when it (or an error it was raised from or while handling) is
     a full disk or an exhausted quota: e.g. "no space left on device writing <place>",
-    the place as an error names it, else ``writing``. ``None`` for any other failure."""
+    the place as an error names it, else ``writing``; when neither says, ``places``
+    lists where the job writes. ``None`` for any other failure."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     found = where = None
@@ -82,7 +85,21 @@ def storage_full(exc: BaseException, *, writing: str | None = None) -> str | Non
     reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \
         else found
     where = where or writing
-    return reason + (f" writing {where}" if where else "")
+    if where:
+        return f"{reason} writing {where}"
+    return reason + (f" (the job writes {places})" if places else "")
+
+
+@contextmanager
+def names_full_storage(target: str) -> Iterator[None]:
+    """A full disk met inside is raised as :class:`StorageFullError` naming ``target``
+    (pyarrow's and Python's write errors do not say which file they were writing)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, StorageFullError) or (full := storage_full(exc, writing=target)) is None:
+            raise
+        raise StorageFullError(full) from exc
 
 
 def normalize_uri(path: str | os.PathLike[str]) -> str:
@@ -195,16 +212,17 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with fs.open_output_stream(tmp) as out:
-                out.write(data)
-            os.replace(tmp, path)
-        except BaseException:  # e.g. a full disk: no half-written temporary file is left
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        with names_full_storage(uri):
+            try:
+                with fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                os.replace(tmp, path)
+            except BaseException:  # e.g. a full disk: no half-written temporary file is left
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                raise
     else:
-        with fs.open_output_stream(path) as out:
+        with names_full_storage(uri), fs.open_output_stream(path) as out:
             out.write(data)
 
 
@@ -334,9 +352,10 @@ def copy_from_local(src: str, uri: str) -> None:
     fs, path = _fs(uri)
     # pyarrow creates the destination only for sub-directories: a flat directory's files
     # need ``uri`` itself to exist
-    fs.create_dir(path if os.path.isdir(src) else posixpath.dirname(path), recursive=True)
-    pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    with names_full_storage(uri):
+        fs.create_dir(path if os.path.isdir(src) else posixpath.dirname(path), recursive=True)
+        pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
 
 
 # ---------------------------------------------------------------------------- Parquet

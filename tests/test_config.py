@@ -167,6 +167,17 @@ def test_missing_or_invalid_file(tmp_path):
         load_config(bad)
 
 
+def test_a_file_saved_with_a_byte_order_mark_or_crlf_reads_and_one_not_in_utf8_is_said(tmp_path):
+    windows = tmp_path / "windows.toml"  # as Notepad saves it
+    windows.write_bytes("\ufeff[train]\r\nepochs = 2\r\n".encode("utf-8"))
+    assert load_config(windows).train.epochs == 2
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[train]\nepochs = 2\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.toml: not UTF-8 text, as TOML files are: "
+                                          r"byte 0xe9 on line 3; save it as UTF-8"):
+        load_config(latin)
+
+
 def test_dump_round_trip(tmp_path):
     cfg = load_config(None, ['artifact_root=s3a://b/"x"', "data.layout=dat", "split.seed=3"])
     f = tmp_path / "out.toml"

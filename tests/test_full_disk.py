@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def test_a_full_disk_is_told_from_pythons_pyarrows_and_the_jvms_errors():
     assert full.errno == errno.ENOSPC
     assert io.storage_full(full) == "no space left on device"
     assert io.storage_full(full, writing="under /x") == "no space left on device writing under /x"
+    assert io.storage_full(full, places="under /r and in /t") == \
+        "no space left on device (the job writes under /r and in /t)"
     try:  # raised while handling it: still the cause
         try:
             raise full
@@ -68,7 +71,7 @@ def test_a_failed_run_on_a_full_disk_keeps_only_its_manifest_and_says_where(tmp_
     with pytest.raises(io.StorageFullError) as raised:
         with artifacts.failure_recorded(run_dir, manifest):
             raise enospc()
-    assert str(raised.value) == f"no space left on device writing under {run_dir}"
+    assert str(raised.value) == f"no space left on device (the job writes under {run_dir})"
     assert isinstance(raised.value.__cause__, OSError)
     assert io.list_dir(run_dir) == [artifacts.MANIFEST]
     written = json.loads(io.read_text(io.join(run_dir, artifacts.MANIFEST)))
@@ -86,11 +89,12 @@ def test_a_failed_run_on_a_full_disk_keeps_only_its_manifest_and_says_where(tmp_
 def test_a_write_that_fills_the_disk_leaves_no_half_written_file(tmp_path):
     code = ("import sys; from recsys import io\n"
             "try:\n    io.write_text(sys.argv[1], 'x' * 400_000)\n"
-            "except OSError as exc:\n    print('ERRNO', exc.errno)\n")
-    done = run_on_small_fs([sys.executable, "-c", code, str(tmp_path / "fs" / "manifest.json")],
+            "except OSError as exc:\n    print(type(exc).__name__, exc)\n")
+    target = tmp_path / "fs" / "manifest.json"
+    done = run_on_small_fs([sys.executable, "-c", code, str(target)],
                            tmp_path / "fs", "100k", prepare="echo kept > other.txt")
     assert done.returncode == 0, done.stderr
-    assert f"ERRNO {errno.ENOSPC}" in done.stdout
+    assert done.stdout == f"StorageFullError no space left on device writing {target}\n"
     assert done.left == {str(tmp_path / "fs" / "other.txt"): 5}  # no manifest.json.tmp-*
 
 
@@ -128,7 +132,31 @@ def test_train_on_a_full_disk_exits_4_and_the_partial_model_is_removed(small_run
     assert done.returncode == 4, done.stderr[-3000:]
     line = last_line(done.stderr)
     assert line.startswith("train: artifact storage error: no space left on device writing "
-                           f"under file://{fs}/art/train/"), line
+                           f"file://{fs}/art/train/"), line
     assert "Traceback" not in done.stderr
     trained = [p for p in done.left if "/art/train/" in p]
     assert [Path(p).name for p in trained] == ["manifest.json"], trained
+
+
+def test_a_full_temporary_directory_is_named_as_such_not_the_run(small_run, tmp_path, job_env):
+    """The model is written to the job's temporary directory first: a full TMPDIR is said
+    as that, not as the artifact root, which has room."""
+    _, pre = small_run
+    root = tmp_path / "art"
+    source = Path(io.local_path(pre.run_dir))
+    shutil.copytree(source, root / "preprocess" / source.name)
+    (root / "preprocess" / "LATEST").write_text(source.name + "\n")
+    tmp = tmp_path / "tmp"
+    done = run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--artifact-root", str(root),
+         "--set", "train.epochs=1"],
+        tmp, "2m", env={**job_env, "TMPDIR": str(tmp)})
+    assert done.returncode == 4, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith(f"train: artifact storage error: no space left on device writing "
+                           f"{tmp}/recsys-train-"), line
+    assert ", the job's temporary directory (TMPDIR): free space there" in line
+    assert done.left == {}  # the job's temporary directory is removed all the same
+    failed = next((root / "train").iterdir())
+    assert json.loads((failed / "manifest.json").read_text())["status"] == "failed"
+    assert sorted(p.name for p in failed.iterdir()) == ["manifest.json"]

@@ -297,8 +297,8 @@ def run_evaluate(spark: SparkSession, config: Config, inputs: EvaluateInputs
     train_dir, train_manifest = inputs.train_dir, inputs.train_manifest
     preprocess_dir = inputs.preprocess_dir
     manifest = artifacts.Manifest(STAGE, run_id, config)
-    with artifacts.failure_recorded(run_dir, manifest), \
-            tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work:
+    with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work, \
+            artifacts.failure_recorded(run_dir, manifest, scratch=work):
         out = os.path.join(work, "out")
         os.makedirs(out)
         with manifest.timed("load"):
@@ -355,18 +355,19 @@ def run_evaluate(spark: SparkSession, config: Config, inputs: EvaluateInputs
                     "comparisons": comparisons(protocol, tops)})
         results["recall_curves"] = curves
         with manifest.timed("report"):
-            plots = {"Recall@K, held-out users": os.path.join(out, "recall_at_k.png"),
-                     "Popularity of recommendations": os.path.join(out, "popularity.png"),
-                     "Movie embeddings": os.path.join(out, "movie_embeddings.png")}
-            report.plot_recall_curves(curves, plots["Recall@K, held-out users"])
-            report.plot_popularity(popularity, popularity_counts,
-                                   plots["Popularity of recommendations"])
-            report.plot_embeddings(two_tower.items, corpus.genres, two_tower.known,
-                                   plots["Movie embeddings"])
-            with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as fh:
-                json.dump(results, fh, indent=2)
-            with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
-                fh.write(report.markdown(results, plots))
+            with io.names_full_storage(f"{work}, the job's temporary directory (TMPDIR)"):
+                plots = {"Recall@K, held-out users": os.path.join(out, "recall_at_k.png"),
+                         "Popularity of recommendations": os.path.join(out, "popularity.png"),
+                         "Movie embeddings": os.path.join(out, "movie_embeddings.png")}
+                report.plot_recall_curves(curves, plots["Recall@K, held-out users"])
+                report.plot_popularity(popularity, popularity_counts,
+                                       plots["Popularity of recommendations"])
+                report.plot_embeddings(two_tower.items, corpus.genres, two_tower.known,
+                                       plots["Movie embeddings"])
+                with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as fh:
+                    json.dump(results, fh, indent=2)
+                with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as fh:
+                    fh.write(report.markdown(results, plots))
             io.copy_from_local(out, run_dir)
         manifest["report"] = io.join(run_dir, "report.md")
         manifest["headline"] = headline(results)

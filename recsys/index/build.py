@@ -133,8 +133,8 @@ def run_index(config: Config, *, run_id: str | None = None,
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"train_run": train_manifest["run_id"], "train_dir": train_dir,
                           "model_version": train_manifest["run_id"]}
-    with artifacts.failure_recorded(run_dir, manifest), \
-            tempfile.TemporaryDirectory(prefix="recsys-index-") as stage:
+    with tempfile.TemporaryDirectory(prefix="recsys-index-") as stage, \
+            artifacts.failure_recorded(run_dir, manifest, scratch=stage):
         with manifest.timed("load"):
             emb, ids = read_movie_embeddings(train_dir)
             tower = load_user_tower(io.local_copy(train_dir, os.path.join(stage, "train")))
@@ -185,10 +185,11 @@ def run_index(config: Config, *, run_id: str | None = None,
             near, near_scores = nearest_movies(exact, emb, ids, cfg.similar_movies)
             manifest["counts"]["similar_movies"] = int(near.shape[1])
         with manifest.timed("save"):
-            exact.save(os.path.join(stage, "out", "exact"))
-            scann.save(os.path.join(stage, "out", "scann"))
-            io.write_parquet(similar_table(ids, near, near_scores),
-                             os.path.join(stage, "out", SIMILAR, "part-00000.parquet"))
+            with io.names_full_storage(f"{stage}, the job's temporary directory (TMPDIR)"):
+                exact.save(os.path.join(stage, "out", "exact"))
+                scann.save(os.path.join(stage, "out", "scann"))
+                io.write_parquet(similar_table(ids, near, near_scores),
+                                 os.path.join(stage, "out", SIMILAR, "part-00000.parquet"))
             io.copy_from_local(os.path.join(stage, "out"), run_dir)
         artifacts.commit(root, STAGE, run_dir, manifest, config)
     return IndexResult(run_dir, manifest, recall)

@@ -280,8 +280,8 @@ def run_train(config: Config, *, run_id: str | None = None,
     trained_on = artifacts.verify(source)["run_id"]
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"preprocess_run": trained_on, "preprocess_dir": source}
-    with artifacts.failure_recorded(run_dir, manifest), \
-            tempfile.TemporaryDirectory(prefix="recsys-train-") as stage:
+    with tempfile.TemporaryDirectory(prefix="recsys-train-") as stage, \
+            artifacts.failure_recorded(run_dir, manifest, scratch=stage):
         with manifest.timed("load_inputs"):
             catalog, splits, histories = load_inputs(config, source)
         with manifest.timed("fit"):
@@ -307,7 +307,8 @@ def run_train(config: Config, *, run_id: str | None = None,
         }
         manifest["metrics"] = metrics
         with manifest.timed("export"):
-            _write_outputs(stage, trained, config, run_id, metrics)
+            with io.names_full_storage(f"{stage}, the job's temporary directory (TMPDIR)"):
+                _write_outputs(stage, trained, config, run_id, metrics)
             io.copy_from_local(stage, run_dir)
         artifacts.commit(root, STAGE, run_dir, manifest, config)
     return TrainResult(run_dir, manifest, metrics, trained)
