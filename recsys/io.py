@@ -54,8 +54,8 @@ _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRIT
 
 def storage_full(exc: BaseException, *, writing: str | None = None,
                  places: str | None = None) -> str | None:
-    """Why ``exc`` failed, when it (or an error it was raised from or while handling) is
-    a full disk or an exhausted quota: e.g. "no space left on device writing <place>",
+    """Why ``exc`` failed, when it (or an error it was raised from or while handling,
+    unless raised ``from None``) is a full disk or an exhausted quota: e.g. "no space left on device writing <place>",
     the place as an error names it, else ``writing``; when neither says, ``places``
     lists where the job writes. ``None`` for any other failure."""
     seen: set[int] = set()
@@ -68,6 +68,8 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
         seen.add(id(e))
         if isinstance(e, StorageFullError):
             return str(e)  # said already, with the place
+        if type(e).__module__.partition(".")[0] == "recsys":
+            continue  # the project's own errors say what happened themselves
         try:
             text = str(e)  # a Py4JJavaError asks the JVM for its stack: it may be gone
         except Exception:  # noqa: BLE001
@@ -79,7 +81,8 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
             found = found or m.group(0)
         if where is None and (m := _WRITING.search(text)) is not None:
             where = m.group(1)
-        todo += [e.__cause__, e.__context__]
+        # an error raised "from None" while handling another has said it on purpose
+        todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
     if found is None:
         return None
     reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \

@@ -10,6 +10,7 @@ import errno
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,15 @@ def test_a_full_disk_is_told_from_pythons_pyarrows_and_the_jvms_errors():
             raise RuntimeError("cleanup failed too")
     except RuntimeError as outer:
         assert io.storage_full(outer) == "no space left on device"
+    try:  # one that says it itself, raised "from None" on purpose, stands as it is
+        try:
+            raise full
+        except OSError:
+            raise ValueError("cannot write x to the temporary directory: free space") from None
+    except ValueError as own:
+        assert io.storage_full(own) is None
+    from recsys.data.errors import InputFileError  # the project's own errors say it themselves
+    assert io.storage_full(InputFileError("cannot write x (No space left on device)")) is None
     spark = RuntimeError(
         "An error occurred while calling o1189.parquet.\n: org.apache.spark.SparkException: "
         "[TASK_WRITE_FAILED] Task failed while writing rows to file:/data/art/preprocess/r1/"
@@ -160,3 +170,25 @@ def test_a_full_temporary_directory_is_named_as_such_not_the_run(small_run, tmp_
     failed = next((root / "train").iterdir())
     assert json.loads((failed / "manifest.json").read_text())["status"] == "failed"
     assert sorted(p.name for p in failed.iterdir()) == ["manifest.json"]
+
+
+def test_a_full_temporary_directory_under_a_zip_release_keeps_the_extractions_own_message(
+        tmp_path, job_env):
+    """The zip extraction says a full TMPDIR itself (exit 3, where, what to do); the
+    full-disk handling must not replace that with the run's directory."""
+    archive = tmp_path / "ml-latest-small.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(SMALL.iterdir()):
+            zf.write(path, f"ml-latest-small/{path.name}")
+    tmp = tmp_path / "tmp"
+    done = run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(archive),
+         "--artifact-root", str(tmp_path / "art")],
+        tmp, "1m", env={**job_env, "TMPDIR": str(tmp)})
+    assert done.returncode == 3, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith(f"preprocess: input data error: file://{archive}: cannot write "
+                           "ml-latest-small/"), line
+    assert f"to the temporary directory {tmp}/" in line
+    assert "(No space left on device); free space there (or point TMPDIR elsewhere)" in line
+    assert done.left == {}
