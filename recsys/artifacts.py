@@ -170,7 +170,8 @@ def failure_recorded(run_dir: str, manifest: Manifest, *, only_if_started: bool 
     except BaseException as exc:
         full = io.storage_full(exc, places=f"under {run_dir}" + (
             f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""))
-        said = full is None or isinstance(exc, io.StorageFullError) or not isinstance(exc, Exception)
+        said = (full is None or isinstance(exc, io.StorageFullError)
+                or not isinstance(exc, Exception))  # a Ctrl-C stays one
         error = exc if said else io.StorageFullError(full)
         if not only_if_started or io.exists(run_dir):
             try:

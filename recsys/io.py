@@ -55,9 +55,10 @@ _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRIT
 def storage_full(exc: BaseException, *, writing: str | None = None,
                  places: str | None = None) -> str | None:
     """Why ``exc`` failed, when it (or an error it was raised from or while handling,
-    unless raised ``from None``) is a full disk or an exhausted quota: e.g. "no space left on device writing <place>",
-    the place as an error names it, else ``writing``; when neither says, ``places``
-    lists where the job writes. ``None`` for any other failure."""
+    unless raised ``from None``) is a full disk or an exhausted quota: e.g. "no space
+    left on device writing <place>", the place as an error names it, else ``writing``;
+    when neither says, ``places`` lists where the job writes. ``None`` for any other
+    failure, and for the project's own errors, which say what happened themselves."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     found = where = None
@@ -100,7 +101,8 @@ def names_full_storage(target: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, StorageFullError) or (full := storage_full(exc, writing=target)) is None:
+        full = None if isinstance(exc, StorageFullError) else storage_full(exc, writing=target)
+        if full is None:
             raise
         raise StorageFullError(full) from exc
 

@@ -263,7 +263,8 @@ def test_a_full_disk_under_the_logs_does_not_stop_the_night(first_night, tmp_pat
     assert "cannot write the log file" in done.stdout and "No space left on device" in done.stdout
     assert "score: ok" in done.stdout and "(stops short: No space left on device; the rest " \
         "is above)" in done.stdout
-    assert "score_all_users: 610 users x top 100" in done.stdout  # a stage's own lines, on the console
+    # a stage's own lines, on the console
+    assert "score_all_users: 610 users x top 100" in done.stdout
     assert pq.read_table(night(base, "2026-11-24")).num_rows == 610
     assert summary(base)["log_lost"] == "No space left on device"
 
