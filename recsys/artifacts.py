@@ -168,11 +168,9 @@ def failure_recorded(run_dir: str, manifest: Manifest, *, only_if_started: bool 
     try:
         yield
     except BaseException as exc:
-        full = io.storage_full(exc, places=f"under {run_dir}" + (
+        full = io.storage_full_error(exc, places=f"under {run_dir}" + (
             f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""))
-        said = (full is None or isinstance(exc, io.StorageFullError)
-                or not isinstance(exc, Exception))  # a Ctrl-C stays one
-        error = exc if said else io.StorageFullError(full)
+        error = full if full is not None and isinstance(exc, Exception) else exc  # Ctrl-C stays
         if not only_if_started or io.exists(run_dir):
             try:
                 if full is not None:

@@ -94,6 +94,16 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
     return reason + (f" (the job writes {places})" if places else "")
 
 
+def storage_full_error(exc: BaseException, *, writing: str | None = None,
+                       places: str | None = None) -> StorageFullError | None:
+    """``exc`` as a :class:`StorageFullError` saying where (:func:`storage_full`; ``exc``
+    itself when it is one already); None when ``exc`` is not a full disk."""
+    if isinstance(exc, StorageFullError):
+        return exc
+    full = storage_full(exc, writing=writing, places=places)
+    return None if full is None else StorageFullError(full)
+
+
 @contextmanager
 def names_full_storage(target: str) -> Iterator[None]:
     """A full disk met inside is raised as :class:`StorageFullError` naming ``target``
@@ -101,10 +111,10 @@ def names_full_storage(target: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        full = None if isinstance(exc, StorageFullError) else storage_full(exc, writing=target)
-        if full is None:
+        full = storage_full_error(exc, writing=target)
+        if full is None or full is exc:
             raise
-        raise StorageFullError(full) from exc
+        raise full from exc
 
 
 def normalize_uri(path: str | os.PathLike[str]) -> str:

@@ -424,13 +424,9 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
                 force_train: bool, log_file: str, scratch: str) -> NightlyResult:
     n = config.nightly
     conf_file = os.path.join(scratch, "config.toml")
-    try:
-        with open(conf_file, "w", encoding="utf-8") as fh:
-            fh.write(dump_toml(config.replace(artifact_root=root)))
-    except OSError as exc:
-        if (full := io.storage_full(exc, writing=f"{conf_file} (spark.scratch_dir)")):
-            raise io.StorageFullError(full) from exc
-        raise
+    with io.names_full_storage(f"{conf_file} (spark.scratch_dir)"), \
+            open(conf_file, "w", encoding="utf-8") as fh:
+        fh.write(dump_toml(config.replace(artifact_root=root)))
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
     if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:

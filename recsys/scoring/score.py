@@ -305,11 +305,10 @@ def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str):
                 io.delete(directory)
             except OSError as also:
                 log.warning("could not remove the staged files %s: %s", directory, also)
-        if isinstance(exc, Exception) and not isinstance(exc, io.StorageFullError) and (
-                full := io.storage_full(exc, writing=f"tonight's tables under {table_root} "
-                                                     f"or the run's record under {run_dir}")):
-            # the workers' errors do not say which file they were writing
-            raise io.StorageFullError(full) from exc
+        full = io.storage_full_error(exc, writing=f"tonight's tables under {table_root} or "
+                                                  f"the run's record under {run_dir}")
+        if full is not None and full is not exc and isinstance(exc, Exception):
+            raise full from exc  # the workers' errors do not say which file they were writing
         return False
 
     return unstage
