@@ -4,8 +4,8 @@
                                     [--artifact-root URI] [--set section.key=value ...]
 
 Writes <artifact_root>/preprocess/<run_id>/ (see recsys.features.preprocess) and prints
-its location. Exit codes: 0 ok, 2 configuration, 3 bad input (missing file, wrong header,
-too many rejects), 1 anything else.
+its location. Exit codes: 0 ok, 2 configuration (incl. an artifact root it cannot write),
+3 bad input (missing or unreadable file, wrong header, too many rejects), 1 anything else.
 """
 
 import sys
@@ -24,14 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     def body() -> int:
-        from recsys.data.release import check_input
-        from recsys.features.preprocess import run_preprocess
+        from recsys.features.preprocess import check_inputs, run_preprocess
         from recsys.spark import build_session
 
         config = config_from_args(args)
         if args.input:
             config = config.with_input(args.input)
-        check_input(config.data.input)  # before Spark takes its seconds to start
+        check_inputs(config)  # before Spark takes its seconds to start
         spark = build_session("movielens-recs preprocess", config.spark)
         try:
             result = run_preprocess(spark, config, run_id=args.run_id)

@@ -9,9 +9,10 @@ Reads the latest preprocess histories, the latest train run and the index built 
 (all verified against their manifests), scores every user in an Arrow UDF, mapInArrow (user tower +
 ScaNN, rated movies removed, top-N) and publishes the run_date partition of the
 recommendations, user-embeddings and similar-movies tables (see recsys.scoring.score).
-Exit codes: 0 ok, 2 configuration, 4 missing, corrupt or mismatched artifacts, 5 the
-catalog's metastore cannot be opened (nothing published), 7 another run is publishing the
-same night (nothing staged), 130 / 143 stopped by Ctrl-C / SIGTERM, 1 other.
+Exit codes: 0 ok, 2 configuration (incl. an artifact root it cannot write), 4 missing,
+corrupt or mismatched artifacts, 5 the catalog's metastore cannot be opened or its
+directory written (nothing published), 7 another run is publishing the same night
+(nothing staged), 130 / 143 stopped by Ctrl-C / SIGTERM, 1 other.
 """
 
 import sys

@@ -7,7 +7,8 @@
 Also runs under spark-submit (it starts no SparkSession: training is TensorFlow on the
 driver). Writes <artifact_root>/train/<run_id>/ (see recsys.model.train): the user tower
 SavedModel, movie embeddings, vocabularies, metrics, TensorBoard logs and a manifest.
-Exit codes: 0 ok, 2 configuration, 4 missing or incomplete preprocess artifacts, 1 other.
+Exit codes: 0 ok, 2 configuration (incl. an artifact root it cannot write, said before
+training), 4 missing or incomplete preprocess artifacts, 1 other.
 """
 
 import sys

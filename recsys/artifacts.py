@@ -150,6 +150,23 @@ def claim_run(root: str, stage: str, run_id: str | None = None) -> tuple[str, st
     return run_id, run_dir
 
 
+def check_writable(root: str, stage: str) -> None:
+    """Refuse to start a ``stage`` run that could not be written under ``root`` (a
+    read-only mount, a directory of another user, a file in the way): a configuration
+    error naming the place, before the stage reads, trains or scores anything. A full
+    disk (:class:`recsys.io.StorageFullError`) and a filesystem that cannot be opened
+    stay storage errors."""
+    where = io.join(root, stage)
+    try:
+        io.check_writable(where)
+    except io.ArtifactIOError:  # a full disk, a filesystem that cannot be reached
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write under {where} ({io.strerror(exc)}): set artifact_root (--artifact-root) "
+            "to a place this job can write") from None
+
+
 def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None:
     """Record why a run failed next to what it wrote (no ``_SUCCESS``, LATEST untouched)."""
     manifest["error"] = f"{type(error).__name__}: {error}"

@@ -178,6 +178,15 @@ def _reason(exc: Exception) -> str:
     return f"{first}: {hint}" if hint else str(exc)
 
 
+def strerror(exc: OSError) -> str:
+    """The filesystem's reason, e.g. "Permission denied", without the path that pyarrow
+    repeats around it."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -251,6 +260,32 @@ def open_output(uri: str) -> "pa.NativeFile":
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def check_writable(uri: str) -> None:
+    """Write and remove an empty file in the directory ``uri``, so that a job finds out
+    before its work, not after, that it cannot keep the result. The directories it had to
+    make for that are removed again (if still empty): a job that stops next, e.g. because
+    Spark cannot start, leaves nothing. Raises the filesystem's OSError (a full disk as
+    :class:`StorageFullError`)."""
+    fs, path = _fs(uri)
+    made = []  # the missing directories, deepest first
+    at = path.rstrip("/") or "/"
+    while fs.get_file_info(at).type == pafs.FileType.NotFound and posixpath.dirname(at) != at:
+        made.append(at)
+        at = posixpath.dirname(at)
+    try:
+        probe = join(uri, f".write-check-{uuid.uuid4().hex}")
+        makedirs(uri)
+        write_bytes(probe, b"")
+        delete(probe)
+    finally:
+        for directory in made:
+            try:
+                if not fs.get_file_info(pafs.FileSelector(directory)):  # another job's now
+                    fs.delete_dir(directory)
+            except OSError:
+                break  # not made, or not ours to remove
 
 
 def makedirs(uri: str) -> None:

@@ -403,6 +403,7 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     run_date = artifacts.run_date(run_date)
     root = io.normalize_uri(config.artifact_root)
     _spark_submit(config)  # a night that cannot start its Spark stages is not begun
+    artifacts.check_writable(root, "nightly")  # nor one whose stages could keep nothing
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
     lock = Lock(lock_path, setting="nightly.lock_file" if n.lock_file else "nightly.log_dir")

@@ -18,7 +18,7 @@ import pytest
 from recsys import artifacts, io
 from recsys.config import Config
 from tests.conftest import REPO, SMALL
-from tests.fullfs import run_on_small_fs
+from tests.filesystems import run_on_small_fs
 
 DEV_FULL = "/dev/full"  # every write to it fails with ENOSPC
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 from recsys import io
 from recsys.data.errors import InputFileError
-from recsys.data.layouts import Layout, detect_layout, get_layout
+from recsys.data.layouts import LAYOUTS, Layout, detect_layout, get_layout
 
 _RATINGS_FILES = ("ratings.csv", "ratings.dat", "u.data")
+#: Every file a known layout reads.
+_RELEASE_FILES = frozenset(t.filename for layout in LAYOUTS.values() for t in layout.tables)
 #: The directory holding the ``recsys`` package: a checkout's root, where ``data/`` holds the
 #: embedded corpus (absent when the package was installed without the repository).
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,6 +123,15 @@ def _relative_hint(source: str) -> str:
     return hint
 
 
+def _check_readable(uri: str, what: str, read) -> None:  # noqa: ANN001
+    """``read(uri)``, an OSError (permissions, an unreadable mount) said as an input error."""
+    try:
+        read(uri)
+    except OSError as exc:
+        raise InputFileError(f"cannot read {what} ({io.strerror(exc)}): give this job read "
+                             "access to the release, or a copy it can read") from None
+
+
 def check_input(source: str) -> str:
     """The URI of ``source`` when it names a directory or a ``.zip``; otherwise the error
     :func:`open_release` gives, without reading or extracting anything (the jobs call it
@@ -134,9 +145,14 @@ def check_input(source: str) -> str:
                 if source_uri.lower().startswith(("http://", "https://")) else "")
         raise InputFileError(f"input {source}: {exc}{hint}") from None
     if io.is_dir(source_uri) and not source_uri.lower().endswith(".zip"):
+        _check_readable(source_uri, source, io.list_dir)
+        for name in sorted(set(io.list_dir(source_uri)) & _RELEASE_FILES):
+            _check_readable(io.join(source_uri, name), f"{name} in {source}",
+                            lambda uri: io.read_head(uri, 1))
         return source_uri
     if io.is_file(source_uri):
         if source_uri.lower().endswith(".zip"):
+            _check_readable(source_uri, source, lambda uri: io.read_head(uri, 1))
             return source_uri
         raise InputFileError(
             f"input is a file, not a release: {source} (give the directory that holds the "

@@ -276,9 +276,11 @@ def check_inputs(config: Config, *, run_id: str | None = None,
                  preprocess_run: str | None = None, train_run: str | None = None
                  ) -> EvaluateInputs:
     """The run id (checked: a configuration error first), the train run verified and of
-    a history model, and the preprocess run it was trained on, verified. Needs no Spark
-    and writes nothing: the job calls it before it starts Spark, so a missing, corrupt or
-    refused input costs no JVM and leaves no evaluate run behind (as the index stage)."""
+    a history model, and the preprocess run it was trained on, verified; then that the
+    stage's directory can be written (a file written and removed). Needs no Spark and
+    leaves nothing: the job calls it before it starts Spark, so a missing, corrupt or
+    refused input, or a root it cannot write, costs no JVM and leaves no evaluate run
+    behind (as the index stage)."""
     root = config.artifact_root
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     train_dir = artifacts.resolve(root, "train", train_run)
@@ -286,6 +288,7 @@ def check_inputs(config: Config, *, run_id: str | None = None,
     kind = train_manifest.get("config", {}).get("model", {}).get("kind", "history")
     require_history_model(kind, train_manifest["run_id"])
     preprocess_dir = models_preprocess_run(root, train_manifest, preprocess_run)
+    artifacts.check_writable(root, STAGE)
     return EvaluateInputs(run_id, run_dir, train_dir, train_manifest, preprocess_dir)
 
 

@@ -36,7 +36,7 @@ from recsys import artifacts, io
 from recsys.config import Config
 from recsys.data.errors import InputFileError, RejectThresholdError
 from recsys.data.readers import read_raw
-from recsys.data.release import Release, open_release
+from recsys.data.release import Release, check_input, open_release
 from recsys.data.validation import (
     mark_duplicate_movies,
     mark_unknown_movies,
@@ -143,6 +143,14 @@ def _check_threshold(
             + f". The rejected rows with their reasons are in {rejects_uri}; raise "
             "data.max_reject_fraction to accept them."
         )
+
+
+def check_inputs(config: Config) -> None:
+    """What the job checks before its SparkSession starts (seconds): the release is there
+    and can be read (:func:`recsys.data.release.check_input`), and the stage's directory
+    can be written."""
+    check_input(config.data.input)
+    artifacts.check_writable(io.normalize_uri(config.artifact_root), STAGE)
 
 
 def run_preprocess(spark: SparkSession, config: Config, *, run_id: str | None = None) -> PreprocessResult:

@@ -130,6 +130,7 @@ def run_index(config: Config, *, run_id: str | None = None,
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     train_dir = artifacts.resolve(root, "train", train_run)
     train_manifest = artifacts.verify(train_dir)
+    artifacts.check_writable(root, STAGE)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"train_run": train_manifest["run_id"], "train_dir": train_dir,
                           "model_version": train_manifest["run_id"]}

@@ -278,6 +278,7 @@ def run_train(config: Config, *, run_id: str | None = None,
     # the input is checked before the run starts: a missing or corrupt one leaves no run
     source = artifacts.resolve(root, "preprocess", preprocess_run)
     trained_on = artifacts.verify(source)["run_id"]
+    artifacts.check_writable(root, STAGE)  # before minutes (hours at full scale) of training
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["inputs"] = {"preprocess_run": trained_on, "preprocess_dir": source}
     with tempfile.TemporaryDirectory(prefix="recsys-train-") as stage, \

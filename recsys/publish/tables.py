@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -39,7 +40,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys import io
-from recsys.config import ConfigError
+from recsys.config import ConfigError, SparkConfig
 from recsys.publish import CatalogUnavailableError, side_dir
 from recsys.spark import derby_holder, describe_process, embedded_metastore, jvm_pid
 
@@ -117,6 +118,24 @@ def restore_replaced(table_uri: str, run_date: str) -> None:
 
 class CatalogMismatchError(ConfigError):
     """A table of that name is in the catalog, but its columns are not tonight's."""
+
+
+def check_metastore_dir(config: SparkConfig) -> None:
+    """The embedded metastore's directory (``spark.metastore_dir``) can be written: Derby
+    keeps its database there, Hive its resources and the warehouse its files. Checked
+    before Spark starts; Hive's own failure comes after the scoring, as a Java traceback
+    ("Couldn't create directory .../hive-resources")."""
+    if not (config.hive_catalog and config.metastore_dir):
+        return  # the cluster's metastore (hive-site.xml), or no catalog
+    place = os.path.abspath(config.metastore_dir)
+    try:
+        io.check_writable(place)
+    except OSError as exc:
+        raise CatalogUnavailableError(
+            f"the Spark SQL catalog's metastore cannot be opened: cannot write {place} "
+            f"({io.strerror(exc)}), where the embedded metastore keeps its database: set "
+            "spark.metastore_dir to a directory this job can write. Nothing was published."
+        ) from None
 
 
 @contextmanager

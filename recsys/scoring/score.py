@@ -47,7 +47,8 @@ from recsys.csr import MOVIE_SCORES, fixed_lists, list_column, ranges, ranked_mo
 from recsys.index import similar
 from recsys.publish.claim import claim_night
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
-from recsys.publish.tables import add_night, commit_partition, prepare_table, stage_partition
+from recsys.publish.tables import (
+    add_night, check_metastore_dir, commit_partition, prepare_table, stage_partition)
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -277,9 +278,10 @@ def check_inputs(config: Config, *, run_id: str | None = None,
                  preprocess_run: str | None = None, train_run: str | None = None,
                  index_run: str | None = None) -> ScoreInputs:
     """The run id (checked: a configuration error first) and the preprocess, train and
-    index runs verified against their manifests. Needs no Spark and writes nothing: the
-    job calls it before it starts Spark, so a missing or corrupt input costs no JVM and
-    leaves no run behind (as in the other stages)."""
+    index runs verified against their manifests; then that the stage's directory and the
+    embedded metastore's can be written (a file written and removed). Needs no Spark and leaves nothing: the job
+    calls it before it starts Spark, so a missing or corrupt input, or a root it cannot
+    write, costs no JVM and leaves no run behind (as in the other stages)."""
     start = time.perf_counter()
     root = config.artifact_root
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
@@ -287,6 +289,8 @@ def check_inputs(config: Config, *, run_id: str | None = None,
         root, train_run=train_run, index_run=index_run)
     preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
     artifacts.verify(preprocess_dir)
+    artifacts.check_writable(root, STAGE)
+    check_metastore_dir(config.spark)
     return ScoreInputs(run_id, run_dir, preprocess_dir, train_dir, index_dir, model_version,
                        round(time.perf_counter() - start, 3))
 

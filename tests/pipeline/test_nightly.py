@@ -19,7 +19,7 @@ import pytest
 from recsys import io
 from recsys.nightly import EXIT_LOCKED, Lock
 from tests.conftest import REPO, SMALL
-from tests.fullfs import run_on_small_fs
+from tests.filesystems import run_on_small_fs
 
 NIGHTLY = str(REPO / "jobs" / "nightly.py")
 

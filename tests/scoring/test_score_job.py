@@ -19,7 +19,7 @@ import pytest
 
 from recsys import artifacts, io
 from tests.conftest import REPO
-from tests.fullfs import run_on_small_fs
+from tests.filesystems import run_on_small_fs, run_read_only
 from tests.standalone import standalone_cluster
 
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
@@ -223,6 +223,35 @@ def test_a_table_root_that_cannot_be_written_is_said_before_scoring(scored, tmp_
     assert (f"score_all_users: configuration error: cannot write the tables under "
             f"{tmp_path / 'a-file' / 'tables'}") in said and "set score.table_root" in said
     assert "PythonException" not in said and "Traceback" not in said
+
+
+def test_a_read_only_artifact_root_is_said_before_scoring(scored):
+    root, meta, _ = scored
+    before = sorted(os.listdir(root))
+    run = run_read_only(score_cmd(root, meta), Path(root), env=env())
+    said = run.stdout + run.stderr
+    assert run.returncode == 2, said[-3000:]
+    assert (f"score_all_users: configuration error: cannot write under "
+            f"{io.join(io.normalize_uri(root), 'score')} (Read-only file system): set "
+            "artifact_root (--artifact-root) to a place this job can write") in said
+    assert "Traceback" not in said and "SparkContext" not in said
+    assert sorted(os.listdir(root)) == before
+
+
+def test_a_read_only_metastore_directory_is_said_before_scoring(scored, tmp_path):
+    """Hive used to fail at the catalog's first use, after the scoring: exit 1 and a Java
+    traceback ("Couldn't create directory .../hive-resources")."""
+    root, _, _ = scored
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    run = run_read_only(score_cmd(root, str(meta)), meta, env=env())
+    said = run.stdout + run.stderr
+    assert run.returncode == 5, said[-3000:]
+    assert (f"score_all_users: catalog error: the Spark SQL catalog's metastore cannot be "
+            f"opened: cannot write {meta} (Read-only file system), where the embedded "
+            "metastore keeps its database: set spark.metastore_dir to a directory this job "
+            "can write. Nothing was published.") in said
+    assert "Traceback" not in said and "SparkContext" not in said
 
 
 def test_a_full_disk_under_the_tables_is_said_and_what_was_staged_is_removed(scored, tmp_path):

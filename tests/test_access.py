@@ -1,0 +1,127 @@
+"""A place a job cannot write, or a release it cannot read: said in one line, before the
+job's work (minutes of training, hours at full scale) and before Spark starts, not as a
+traceback at the end. The places are real: a read-only bind mount, and permission bits
+that bind (tests/filesystems.py); the jobs are the real ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from recsys import artifacts, io
+from recsys.config import ConfigError
+from tests.conftest import REPO, SMALL
+from tests.filesystems import run_read_only, run_unprivileged
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def refused(root: str, stage: str, why: str) -> str:
+    return (f"configuration error: cannot write under {io.join(io.normalize_uri(root), stage)}"
+            f" ({why}): set artifact_root (--artifact-root) to a place this job can write")
+
+
+def test_the_check_leaves_the_root_as_it_found_it(tmp_path):
+    """A job that stops after it (Spark cannot start, say) leaves nothing behind."""
+    root = tmp_path / "art"
+    artifacts.check_writable(str(root / "deeper"), "train")
+    assert list(tmp_path.iterdir()) == []  # the directories it made are removed again
+    (root / "train" / "r1").mkdir(parents=True)
+    artifacts.check_writable(str(root), "train")
+    assert [p.name for p in (root / "train").iterdir()] == ["r1"]  # its file removed
+
+
+def test_a_file_in_the_way_of_the_root_is_a_configuration_error(tmp_path):
+    (tmp_path / "art").write_text("not a directory")
+    with pytest.raises(ConfigError) as raised:
+        artifacts.check_writable(str(tmp_path / "art"), "index")
+    assert str(raised.value) == refused(str(tmp_path / "art"), "index", "Not a directory")[
+        len("configuration error: "):]
+
+
+@pytest.mark.parametrize("job, stage", [
+    ("train", "train"), ("build_index", "index"), ("evaluate", "evaluate"),
+])
+def test_a_stage_on_a_read_only_root_stops_before_its_work(small_trained, job_env, job, stage):
+    """Training used to run to its end (40 s here, the night's longest stage at full
+    scale) and then fail to copy the model, with exit 1 and pyarrow's traceback."""
+    root = os.path.dirname(os.path.dirname(io.local_path(small_trained.run_dir)))
+    before = sorted(os.listdir(root))
+    done = run_read_only([sys.executable, str(REPO / f"jobs/{job}.py"), "--artifact-root",
+                          root, "--train-run" if job != "train" else "--preprocess-run",
+                          small_trained.manifest["run_id"] if job != "train"
+                          else small_trained.manifest["inputs"]["preprocess_run"]],
+                         Path(root), env=job_env)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said[-3000:]
+    assert last_line(done.stderr) == f"{job}: " + refused(root, stage, "Read-only file system")
+    assert "Epoch" not in said and "Traceback" not in said
+    assert "log4j" not in said  # the evaluation's Spark never started
+    assert sorted(os.listdir(root)) == before
+
+
+def test_the_nightly_on_a_read_only_root_starts_no_stage(tmp_path, job_env):
+    root = tmp_path / "art"
+    root.mkdir()
+    done = run_read_only([sys.executable, str(REPO / "jobs/nightly.py"), "--conf-file",
+                          str(REPO / "conf/default.toml"), "--artifact-root", str(root),
+                          "--set", f"nightly.log_dir={tmp_path / 'logs'}"], root, env=job_env)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert last_line(done.stderr) == "nightly: " + refused(str(root), "nightly",
+                                                           "Read-only file system")
+    assert "started" not in done.stdout
+    assert list(root.iterdir()) == []
+
+
+def preprocess(release: Path, root: Path, env: dict[str, str]):
+    return run_unprivileged([sys.executable, str(REPO / "jobs/preprocess.py"), "--input",
+                             str(release), "--artifact-root", str(root)], env=env)
+
+
+def assert_unreadable(done, what: str) -> None:  # noqa: ANN001
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert last_line(done.stderr) == (
+        f"preprocess: input data error: cannot read {what} (Permission denied): give this "
+        "job read access to the release, or a copy it can read")
+    assert "log4j" not in done.stdout + done.stderr  # Spark never started
+
+
+def test_preprocess_says_which_file_of_the_release_it_cannot_read(tmp_path, job_env):
+    """It used to start Spark, then end with exit 1 and pyarrow's PermissionError."""
+    release = tmp_path / "ml-latest-small"
+    shutil.copytree(SMALL, release)
+    (release / "ratings.csv").chmod(0)
+    assert_unreadable(preprocess(release, tmp_path / "art", job_env),
+                      f"ratings.csv in {release}")
+    assert not (tmp_path / "art").exists()
+    (release / "ratings.csv").chmod(0o644)
+    release.chmod(0)  # the directory itself
+    done = preprocess(release, tmp_path / "art", job_env)
+    release.chmod(0o755)
+    assert_unreadable(done, str(release))
+
+
+def test_preprocess_says_it_cannot_read_the_zip(tmp_path, job_env):
+    archive = tmp_path / "ml-latest-small.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(SMALL / "ratings.csv", "ml-latest-small/ratings.csv")
+    archive.chmod(0)
+    assert_unreadable(preprocess(archive, tmp_path / "art", job_env), str(archive))
+
+
+def test_preprocess_refuses_a_root_it_has_no_permission_to_write(tmp_path, job_env):
+    root = tmp_path / "art"
+    root.mkdir(mode=0o555)
+    done = preprocess(SMALL, root, job_env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last_line(done.stderr) == "preprocess: " + refused(str(root), "preprocess",
+                                                              "Permission denied")
+    assert "log4j" not in done.stdout + done.stderr
+    assert list(root.iterdir()) == []
