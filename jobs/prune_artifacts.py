@@ -8,7 +8,8 @@ the N newest completed runs of each stage, every run the LATEST runs were made f
 recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir);
 it removes what failed scoring runs left in the tables' _staging/ a day on, and never
 touches a published night (see recsys.retention). --dry-run lists what would go.
-Exit codes: 0 ok, 2 configuration, 1 other.
+Exit codes: 0 ok, 2 configuration, 4 some could not be removed (each named with the
+filesystem's reason, e.g. another user's run; the others were removed), 1 other.
 """
 
 import sys
@@ -43,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                        table_root=config.score.table_root, dry_run=args.dry_run)
         for uri in pruned.removed:
             print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} {uri}")
+        for failed in pruned.failed:
+            print(f"prune_artifacts: could not remove {failed}", file=sys.stderr)
         print(f"prune_artifacts: {'would remove' if args.dry_run else 'removed'} "
               f"{pruned.describe()}")
-        return 0
+        return cli.EXIT_ARTIFACT if pruned.failed else 0
 
     return cli.run_main("prune_artifacts", body)
 

@@ -517,10 +517,14 @@ def _prune(config: Config, root: str, runner: Runner, run_id: str) -> dict[str, 
     except (OSError, ValueError) as exc:  # e.g. an unreadable manifest: nothing removed
         runner.note(f"retention: could not prune old runs: {exc}")
         return {"error": str(exc)}
+    for failed in pruned.failed:
+        runner.note(f"retention: could not remove {failed}")
     runner.note(f"retention: kept the {keep} newest runs of each stage; removed "
                 f"{pruned.describe()}")
     out = {"keep_runs": keep, "removed": pruned.removed, "removed_bytes": pruned.removed_bytes,
            "in_use": sorted(pruned.in_use)}
+    if pruned.failed:
+        out["failed"] = pruned.failed
     if pruned.stopped:
         out["stopped"] = (f"by {runner.stopped_by} with {pruned.left} more to remove; the "
                           "next good night removes them")

@@ -52,10 +52,14 @@ class Pruned:
     #: Stopped before the end (``prune``'s ``stop``): the rest goes at the next pruning.
     stopped: bool = False
     left: int = 0  # what was to be removed and was not, when stopped
+    #: "<uri> (<reason>)" of each one the filesystem refused to remove (another user's,
+    #: a read-only mount); the others are removed all the same.
+    failed: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return (f"{len(self.removed)} old runs and logs ({self.removed_bytes / 2**20:,.1f} MiB)"
                 + (f", stopped with {self.left} more to remove" if self.stopped else "")
+                + (f", {len(self.failed)} could not be removed" if self.failed else "")
                 + f"; in use: {', '.join(sorted(self.in_use)) or 'none'}")
 
 
@@ -137,7 +141,8 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
     ``tonight``: the nightly run that prunes, one of the ``keep`` summaries and logs;
     ``table_root``: where the tables are (``score.table_root``; "" = ``<root>/tables``);
     ``stop``: asked before each removal; when it says so, the pruning ends there (a
-    SIGTERM to the nightly), each run removed whole or not at all.
+    SIGTERM to the nightly), each run removed whole or not at all. One that the
+    filesystem refuses to remove is listed in ``failed`` and the pruning goes on.
 
     Raises (removing nothing) when a run in use has a manifest that cannot be read: what
     it was made from cannot be known then."""
@@ -164,8 +169,21 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
         if stop is not None and stop():
             result.stopped, result.left = True, len(victims) - done
             break
-        result.removed_bytes += _size(uri)
-        if not dry_run:
-            io.delete(uri)
+        try:
+            size = _size(uri)
+            if not dry_run:
+                _remove(uri)
+        except OSError as exc:
+            result.failed.append(f"{uri} ({io.strerror(exc)})")
+            continue
+        result.removed_bytes += size
         result.removed.append(uri)
     return result
+
+
+def _remove(uri: str) -> None:
+    """Remove a run (its ``_SUCCESS`` first: one removed in part is an incomplete run, not
+    a completed one with files missing), a summary or a log file."""
+    if io.is_dir(uri):
+        io.delete(io.join(uri, artifacts.SUCCESS))
+    io.delete(uri)
