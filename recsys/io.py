@@ -117,13 +117,27 @@ def names_full_storage(target: str) -> Iterator[None]:
         raise full from exc
 
 
+def _file_path(text: str) -> str:
+    """The path of a ``file:`` URI, taken literally: a local directory may be named
+    ``run #2`` or ``what?``, which a URI parser would cut at ``#`` or ``?`` (Spark and
+    Hadoop take them literally too). ``file:/x``, ``file:///x`` and ``file://host/x``
+    name ``/x``."""
+    rest = text[len("file:"):]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):  # an authority (file://localhost/x)
+            rest = "/" + rest.partition("/")[2]
+    return rest
+
+
 def normalize_uri(path: str | os.PathLike[str]) -> str:
-    """A scheme-less path becomes an absolute ``file://`` URI; URIs are kept as they are."""
+    """A scheme-less path becomes an absolute ``file://`` URI; URIs are kept as they are.
+    Local paths are taken literally, ``#``, ``?`` and ``%`` included."""
     text = os.fspath(path)
+    if text.startswith("file:"):
+        return "file://" + os.path.abspath(_file_path(text))
     parsed = urlparse(text)
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:" is not a scheme
-        if parsed.scheme == "file":
-            return "file://" + os.path.abspath(parsed.path)
         return text if parsed.path in ("", "/") else text.rstrip("/")
     return "file://" + os.path.abspath(text)
 
@@ -137,14 +151,20 @@ def local_path(uri: str) -> str:
     norm = normalize_uri(uri)
     if not norm.startswith("file://"):
         raise ArtifactIOError(f"{uri} is not a local path")
-    return urlparse(norm).path
+    return _file_path(norm)
 
 
 def same_place(a: str, b: str) -> bool:
     """Whether two URIs name one directory, written as Spark and a catalog write them
     (``file:/x`` for ``file:///x``; ``hdfs:///x``, the default namenode, for
     ``hdfs://nn:8020/x``; percent-encoded or not)."""
-    pa_, pb = urlparse(normalize_uri(a)), urlparse(normalize_uri(b))
+    na, nb = normalize_uri(a), normalize_uri(b)
+    if is_local(na) or is_local(nb):
+        if not (is_local(na) and is_local(nb)):
+            return False
+        here, there = _file_path(na), _file_path(nb)
+        return here == there or unquote(here) == unquote(there)
+    pa_, pb = urlparse(na), urlparse(nb)
     if pa_.scheme != pb.scheme or (pa_.netloc and pb.netloc and pa_.netloc != pb.netloc):
         return False
     here, there = posixpath.normpath(pa_.path or "/"), posixpath.normpath(pb.path or "/")
@@ -158,9 +178,9 @@ def join(uri: str, *parts: str) -> str:
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     norm = normalize_uri(uri)
+    if norm.startswith("file://"):
+        return pafs.LocalFileSystem(), _file_path(norm)
     parsed = urlparse(norm)
-    if parsed.scheme == "file":
-        return pafs.LocalFileSystem(), parsed.path
     scheme = _SCHEME_ALIASES.get(parsed.scheme, parsed.scheme)
     target = norm.replace(parsed.scheme + "://", scheme + "://", 1)
     try:

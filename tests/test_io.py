@@ -19,6 +19,22 @@ def test_normalize_uri(tmp_path, monkeypatch):
     assert io.normalize_uri("hdfs://nn:8020/data/") == "hdfs://nn:8020/data"
     assert io.normalize_uri("s3a://bucket/key") == "s3a://bucket/key"
     assert io.join("hdfs://nn/data", "/a/", "b") == "hdfs://nn/data/a/b"
+    assert io.normalize_uri("file:/x/y") == "file:///x/y"  # as Spark writes them
+    assert io.normalize_uri("file://localhost/x/y") == "file:///x/y"
+
+
+@pytest.mark.parametrize("name", ["run #2", "what?", "100%", "a%20b", "ü é", "a:b"])
+def test_a_local_path_is_taken_literally(tmp_path, name):
+    """'#' and '?' used to be read as a URI's fragment and query: a root named
+    "art #1" was written to "art " (its trailing space kept), silently elsewhere."""
+    place = tmp_path / name / "x"
+    uri = io.normalize_uri(str(place))
+    assert uri == f"file://{place}" and io.local_path(uri) == str(place)
+    io.write_text(io.join(uri, "f.txt"), "here")
+    assert (place / "f.txt").read_text() == "here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert io.list_dir(uri) == ["f.txt"] and io.same_place(uri, str(place))
+    assert not io.same_place(uri, str(tmp_path / (name + "1") / "x"))
 
 
 def _open_hdfs(java_home: str) -> subprocess.CompletedProcess:
@@ -40,6 +56,8 @@ def _open_hdfs(java_home: str) -> subprocess.CompletedProcess:
     ("hdfs://nn:8020/data/t", "hdfs:///data/t", True),  # the default namenode
     ("hdfs://nn:8020/data/t", "hdfs://other:8020/data/t", False),
     ("hdfs://nn/data/t", "file:///data/t", False),
+    ("file:/tmp/art #1/t", "/tmp/art #2/t", False),  # not both "/tmp/art "
+    ("file:/tmp/art%20%231/t", "/tmp/art #1/t", True),
 ])
 def test_same_place(a, b, same):
     assert io.same_place(a, b) is same and io.same_place(b, a) is same

@@ -104,8 +104,14 @@ def test_split_assignment(spark, small_run):
 
 
 def test_split_is_deterministic(spark, small_run, tmp_path):
+    """Run again into a root whose name has a URI's special characters: '#' and '?' used
+    to cut the root at them ("again " here), so the run landed elsewhere, silently."""
     config, result = small_run
-    again = run_preprocess(spark, config.replace(artifact_root=str(tmp_path / "again")))
+    root = tmp_path / "again #1?x%41"
+    again = run_preprocess(spark, config.replace(artifact_root=str(root)))
+    assert again.run_dir == f"file://{root}/preprocess/{again.manifest['run_id']}"
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]
+    assert artifacts.verify(artifacts.resolve(str(root), "preprocess"))["status"] == "succeeded"
     a = spark.read.parquet(io.join(result.run_dir, "splits")).orderBy("user_id").toPandas()
     b = spark.read.parquet(io.join(again.run_dir, "splits")).orderBy("user_id").toPandas()
     assert a["role"].tolist() == b["role"].tolist()
