@@ -20,7 +20,7 @@ from recsys.data.errors import InputDataError
 from recsys.io import ArtifactIOError, storage_full
 from recsys.publish import CatalogUnavailableError
 from recsys.publish.claim import NightClaimedError
-from recsys.spark import SparkStartError
+from recsys.spark import SparkStartError, worker_import_error, worker_python_hint
 
 #: Exit codes shared by every job (the nightly pipeline adds its own per stage).
 EXIT_OK = 0
@@ -112,6 +112,12 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
             print(f"{name}: artifact storage error: {full}: free space there (or give the "
                   "job a place with room) and run it again", file=sys.stderr)
             return EXIT_ARTIFACT
+        missing = worker_import_error(exc)
+        if missing is not None:  # the workers' interpreter, not the job's code
+            print(f"{name}: configuration error: Spark's Python workers failed to import "
+                  f"what this job needs ({missing}): {worker_python_hint()}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
         for kind, code, label in _KNOWN:
             if isinstance(exc, kind):
                 print(f"{name}: {label}: {exc}", file=sys.stderr)

@@ -34,6 +34,44 @@ class SparkStartError(RuntimeError):
 _WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+#: What a Python worker that cannot import a module says, through Spark's PythonException.
+_WORKER_IMPORT = re.compile(r"PythonException.*?\b(?:ModuleNotFoundError|ImportError): ([^\n]+)",
+                            re.S)
+
+
+def worker_import_error(exc: BaseException) -> str | None:
+    """Why a Spark Python worker could not import what a job's UDFs need (e.g. "No module
+    named 'pyarrow'"), when ``exc`` (or an error it was raised from or while handling)
+    says so; None for any other failure, the driver's own imports included. It happens
+    when the workers run another interpreter than the job (``PYSPARK_PYTHON`` or
+    ``spark.pyspark.python`` set to a system Python, say)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        try:
+            text = str(e)  # a Py4JJavaError asks the JVM for its stack: it may be gone
+        except Exception:  # noqa: BLE001
+            text = ""
+        # pyspark's captured PythonException says it by its class; the JVM's in its text
+        if (m := _WORKER_IMPORT.search(f"{type(e).__name__}: {text}")) is not None:
+            return m.group(1).strip()
+        todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
+    return None
+
+
+def worker_python_hint() -> str:
+    """What to set when :func:`worker_import_error` finds one."""
+    given = os.environ.get("PYSPARK_PYTHON")
+    runs = (f"they run PYSPARK_PYTHON={given}" if given and given != sys.executable else
+            "they run the Python that spark.pyspark.python names")
+    return (f"{runs}, which lacks this project's packages: point PYSPARK_PYTHON (or "
+            f"spark.pyspark.python) at a Python that has them, e.g. {sys.executable}")
+
+
 def hive_resources_dir(config: SparkConfig) -> str:
     """One fixed directory for Hive's downloaded resources (``ADD JAR``/``ADD FILE``; the
     jobs add none): under the embedded metastore, or per user in the temp directory when

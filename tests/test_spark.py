@@ -202,3 +202,24 @@ def test_a_scratch_dir_with_spaces_and_quotes_reaches_the_jvm_whole(tmp_path, jo
     tmpdir = Path(out.stdout.split("TMPDIR ", 1)[1].splitlines()[0])
     assert tmpdir.parent == root
     assert not root.exists()  # removed as the job ended
+
+
+def test_a_workers_failed_import_is_told_from_the_drivers_own():
+    from recsys.spark import worker_import_error
+
+    jvm = RuntimeError(
+        "An error occurred while calling o93.collectToPython.\n: org.apache.spark."
+        "SparkException: Job aborted due to stage failure: … org.apache.spark.api.python."
+        "PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python worker: "
+        "Traceback (most recent call last):\n  File \"…/worker.py\", line 3\n"
+        "ModuleNotFoundError: No module named 'scann'\n\n\tat org.apache.spark…")
+    assert worker_import_error(jvm) == "No module named 'scann'"
+    try:
+        try:
+            raise jvm
+        except RuntimeError:
+            raise OSError("cleanup failed too")
+    except OSError as outer:  # raised while handling it: still found
+        assert worker_import_error(outer) == "No module named 'scann'"
+    assert worker_import_error(ModuleNotFoundError("No module named 'scann'")) is None
+    assert worker_import_error(RuntimeError("PythonException: ValueError: bad row")) is None

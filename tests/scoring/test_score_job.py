@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -252,6 +253,33 @@ def test_a_read_only_metastore_directory_is_said_before_scoring(scored, tmp_path
             "metastore keeps its database: set spark.metastore_dir to a directory this job "
             "can write. Nothing was published.") in said
     assert "Traceback" not in said and "SparkContext" not in said
+
+
+def test_workers_on_a_python_without_the_projects_packages_are_said(scored, tmp_path):
+    """PYSPARK_PYTHON set to a system Python (a common Spark setting): the job used to end
+    with exit 1 and pyspark's PythonException traceback (ModuleNotFoundError)."""
+    root, meta, _ = scored
+    bare = tmp_path / "python-without-packages"  # a real interpreter, site-packages off
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    night = Path(io.local_path(root)) / "tables" / "movielens_recommendations" / \
+        f"run_date={RUN_DATE}"
+    before = sorted(p.name for p in night.iterdir())
+    run = subprocess.run(score_cmd(root, meta), env={**env(), "PYSPARK_PYTHON": str(bare)},
+                         capture_output=True, text=True, timeout=900, cwd=meta)
+    said = run.stdout + run.stderr
+    assert run.returncode == 2, said[-3000:]
+    line = next(ln for ln in said.splitlines() if ln.startswith("score_all_users:"))
+    # which import fails first depends on what the environment's PYTHONPATH holds
+    assert re.fullmatch(
+        r"score_all_users: configuration error: Spark's Python workers failed to import "
+        r"what this job needs \(No module named '(pyarrow|recsys)'\): they run "
+        + re.escape(f"PYSPARK_PYTHON={bare}, which lacks this project's packages: point "
+                    "PYSPARK_PYTHON (or spark.pyspark.python) at a Python that has them, "
+                    f"e.g. {sys.executable}"), line), line
+    assert sorted(p.name for p in night.iterdir()) == before  # last night's stays
+    staging = Path(io.local_path(root)) / "tables" / "_staging"
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
 
 
 def test_a_full_disk_under_the_tables_is_said_and_what_was_staged_is_removed(scored, tmp_path):
