@@ -48,7 +48,7 @@ from typing import IO, Any, Callable, Iterator
 
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError, dump_toml
-from recsys.spark import ScratchDir, local_master, scratch_env
+from recsys.spark import ScratchDir, local_master, scratch_env, spark_home_problem
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -326,6 +326,9 @@ def _spark_submit(config: Config) -> str:
             f"spark-submit not found or not executable: {path} ("
             + ("nightly.spark_submit" if given else "none next to this Python: install "
                "pyspark in this environment, or set nightly.spark_submit") + ")")
+    if not given and (problem := spark_home_problem()) is not None:
+        raise ConfigError(f"this environment's spark-submit would start another Spark: "
+                          f"{problem}")
     return path
 
 

@@ -34,6 +34,33 @@ class SparkStartError(RuntimeError):
 _WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+_SPARK_CORE = re.compile(r"^spark-core_[\d.]+-(\d+\.\d+)\.[\w.-]+\.jar$")
+
+
+def spark_home_problem(env: Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with ``SPARK_HOME`` for this environment's pyspark, or None. A
+    cluster machine often sets it for its own Spark; pyspark's launcher and the
+    ``spark-submit`` of this environment then start that Spark instead of their own: one
+    that is not there fails with a shell error, another version with errors from deep
+    inside Py4J."""
+    import pyspark
+
+    home = (os.environ if env is None else env).get("SPARK_HOME")
+    if not home:
+        return None
+    ours = pyspark.__version__
+    fix = (f"unset SPARK_HOME to use the Spark of this environment's pyspark ({ours}), or "
+           f"point it at a Spark {ours} installation")
+    if not os.path.isfile(os.path.join(home, "bin", "spark-submit")):
+        return f"SPARK_HOME={home} has no bin/spark-submit: {fix}"
+    jars = os.path.join(home, "jars")
+    found = [m.group(1) for n in (os.listdir(jars) if os.path.isdir(jars) else [])
+             if (m := _SPARK_CORE.match(n))]
+    if found and found[0] != ".".join(ours.split(".")[:2]):
+        return f"SPARK_HOME={home} is Spark {found[0]}, this environment's pyspark {ours}: {fix}"
+    return None
+
+
 #: What a Python worker that cannot import a module says, through Spark's PythonException.
 _WORKER_IMPORT = re.compile(r"PythonException.*?\b(?:ModuleNotFoundError|ImportError): ([^\n]+)",
                             re.S)
@@ -323,6 +350,8 @@ def build_session(
     from pyspark.sql import SparkSession
 
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # started by spark-submit
+    if (problem := spark_home_problem()) is not None:
+        raise SparkStartError(problem)
     if not submitted and config.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     existing = None

@@ -175,6 +175,31 @@ def test_a_driver_jvm_that_cannot_start_exits_6_with_what_to_check(tmp_path, job
     assert "Traceback" not in proc.stderr and not (tmp_path / "art").exists()
 
 
+def test_a_spark_home_without_spark_is_said_before_a_jvm_by_a_job_and_the_nightly(tmp_path,
+                                                                                  job_env):
+    """A machine's SPARK_HOME for a Spark that is not there: the job used to end in
+    pyspark's FileNotFoundError traceback (exit 1), the nightly in a shell error of its
+    first stage (exit 11)."""
+    env = {**job_env, "SPARK_HOME": str(tmp_path / "spark")}
+    common = ["--conf-file", str(REPO / "conf/default.toml"), "--artifact-root",
+              str(tmp_path / "art"), "--input", str(REPO / "data/ml-latest-small")]
+    job = subprocess.run([sys.executable, str(REPO / "jobs/preprocess.py"), *common],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert job.returncode == 6, job.stderr[-2000:]
+    assert job.stderr.strip().splitlines()[-1].startswith(
+        f"preprocess: Spark did not start: SPARK_HOME={tmp_path / 'spark'} has no "
+        "bin/spark-submit: unset SPARK_HOME to use the Spark of this environment's pyspark")
+    assert "Traceback" not in job.stderr and "log4j" not in job.stdout + job.stderr
+    night = subprocess.run([sys.executable, str(REPO / "jobs/nightly.py"), *common, "--set",
+                            f"nightly.log_dir={tmp_path / 'logs'}"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert night.returncode == 2, night.stdout[-2000:] + night.stderr[-2000:]
+    assert night.stderr.strip().splitlines()[-1].startswith(
+        "nightly: configuration error: this environment's spark-submit would start another "
+        f"Spark: SPARK_HOME={tmp_path / 'spark'} has no bin/spark-submit")
+    assert "started" not in night.stdout
+
+
 @pytest.mark.parametrize("job, where, code, message", [
     ("preprocess", ["--input", "http://example.invalid/ml-25m.zip"], 3,
      "preprocess: input data error: input http://example.invalid/ml-25m.zip: cannot open a "

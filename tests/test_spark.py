@@ -223,3 +223,27 @@ def test_a_workers_failed_import_is_told_from_the_drivers_own():
         assert worker_import_error(outer) == "No module named 'scann'"
     assert worker_import_error(ModuleNotFoundError("No module named 'scann'")) is None
     assert worker_import_error(RuntimeError("PythonException: ValueError: bad row")) is None
+
+
+def test_a_spark_home_of_another_spark_is_said(tmp_path):
+    import pyspark
+
+    from recsys.spark import spark_home_problem
+
+    ours = pyspark.__version__
+    minor = ".".join(ours.split(".")[:2])
+    assert spark_home_problem({}) is None
+    assert spark_home_problem({"SPARK_HOME": os.path.dirname(pyspark.__file__)}) is None
+    fix = (f"unset SPARK_HOME to use the Spark of this environment's pyspark ({ours}), or "
+           f"point it at a Spark {ours} installation")
+    assert spark_home_problem({"SPARK_HOME": str(tmp_path)}) == \
+        f"SPARK_HOME={tmp_path} has no bin/spark-submit: {fix}"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "spark-submit").write_text("")
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "spark-core_2.12-3.5.1.jar").write_text("")
+    assert spark_home_problem({"SPARK_HOME": str(tmp_path)}) == \
+        f"SPARK_HOME={tmp_path} is Spark 3.5, this environment's pyspark {ours}: {fix}"
+    (tmp_path / "jars" / "spark-core_2.12-3.5.1.jar").rename(
+        tmp_path / "jars" / f"spark-core_2.13-{minor}.9.jar")  # the same minor: its own
+    assert spark_home_problem({"SPARK_HOME": str(tmp_path)}) is None
