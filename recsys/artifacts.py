@@ -176,17 +176,21 @@ def write_failed(run_dir: str, manifest: Manifest, error: BaseException) -> None
 
 @contextmanager
 def failure_recorded(run_dir: str, manifest: Manifest, *, only_if_started: bool = False,
-                     scratch: str | None = None) -> Iterator[None]:
+                     scratch: str | None = None, spark_scratch: str | None = None
+                     ) -> Iterator[None]:
     """Any error inside marks the run failed (its manifest, no ``_SUCCESS``), then
     propagates. ``only_if_started``: not when the run's directory was never created.
     A full disk is raised as :class:`recsys.io.StorageFullError`, naming the place (or
     the run's directory and ``scratch``, the job's local temporary directory, when the
-    error does not say), and what the run wrote is removed but its manifest."""
+    error does not say; ``spark_scratch``, Spark's local directories, when the JVM's stack
+    shows its shuffle or spill files), and what the run wrote is removed but its
+    manifest."""
     try:
         yield
     except BaseException as exc:
         full = io.storage_full_error(exc, places=f"under {run_dir}" + (
-            f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""))
+            f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""),
+            spark_scratch=spark_scratch)
         error = full if full is not None and isinstance(exc, Exception) else exc  # Ctrl-C stays
         if not only_if_started or io.exists(run_dir):
             try:

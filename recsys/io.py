@@ -50,18 +50,25 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|"
                         r"\b(?:NSQuota|DSQuota|Quota)ExceededException|DiskOutOfSpaceException")
 _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRITE_FAILED
+#: A Java stack through Spark's shuffle, spill or block files: its scratch (spark.local.dir).
+_SPARK_SCRATCH = re.compile(
+    r"org\.apache\.spark\.(?:storage\.Disk|shuffle\.|util\.collection\.(?:Spillable|"
+    r"ExternalSorter|unsafe\.sort\.Unsafe))")
 
 
 def storage_full(exc: BaseException, *, writing: str | None = None,
-                 places: str | None = None) -> str | None:
+                 places: str | None = None, spark_scratch: str | None = None) -> str | None:
     """Why ``exc`` failed, when it (or an error it was raised from or while handling,
     unless raised ``from None``) is a full disk or an exhausted quota: e.g. "no space
-    left on device writing <place>", the place as an error names it, else ``writing``;
-    when neither says, ``places`` lists where the job writes. ``None`` for any other
-    failure, and for the project's own errors, which say what happened themselves."""
+    left on device writing <place>", the place as an error names it, else Spark's scratch
+    directory (``spark_scratch``, where the JVM's stack shows shuffle or spill files),
+    else ``writing``; when none says, ``places`` lists where the job writes. ``None`` for
+    any other failure, and for the project's own errors, which say what happened
+    themselves."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     found = where = None
+    scratch = False
     while todo:
         e = todo.pop(0)
         if e is None or id(e) in seen:
@@ -82,12 +89,17 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
             found = found or m.group(0)
         if where is None and (m := _WRITING.search(text)) is not None:
             where = m.group(1)
+        scratch = scratch or _SPARK_SCRATCH.search(text) is not None
         # an error raised "from None" while handling another has said it on purpose
         todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
     if found is None:
         return None
     reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \
         else found
+    if where is None and scratch:
+        where = (f"Spark's scratch directory{' ' + spark_scratch if spark_scratch else ''} "
+                 "(shuffle and spill files; spark.scratch_dir for local masters, else "
+                 "spark.local.dir or SPARK_LOCAL_DIRS)")
     where = where or writing
     if where:
         return f"{reason} writing {where}"
@@ -95,12 +107,13 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
 
 
 def storage_full_error(exc: BaseException, *, writing: str | None = None,
-                       places: str | None = None) -> StorageFullError | None:
+                       places: str | None = None, spark_scratch: str | None = None
+                       ) -> StorageFullError | None:
     """``exc`` as a :class:`StorageFullError` saying where (:func:`storage_full`; ``exc``
     itself when it is one already); None when ``exc`` is not a full disk."""
     if isinstance(exc, StorageFullError):
         return exc
-    full = storage_full(exc, writing=writing, places=places)
+    full = storage_full(exc, writing=writing, places=places, spark_scratch=spark_scratch)
     return None if full is None else StorageFullError(full)
 
 

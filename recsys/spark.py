@@ -279,6 +279,18 @@ def _own_scratch(config: SparkConfig, existing) -> str | None:
     return scratch.path
 
 
+def local_dirs(spark: "SparkSession") -> str | None:
+    """Where a local master's Spark keeps its shuffle and spill files (``spark.local.dir``,
+    else ``SPARK_LOCAL_DIRS``, else the JVM's temporary directory); None on a cluster,
+    whose executors have their own."""
+    conf = spark.sparkContext.getConf()
+    if not local_master(conf.get("spark.master", "")):
+        return None
+    system = spark.sparkContext._jvm.java.lang.System
+    return (conf.get("spark.local.dir", None) or system.getenv("SPARK_LOCAL_DIRS")
+            or system.getProperty("java.io.tmpdir"))
+
+
 def embedded_metastore(spark: "SparkSession") -> str | None:
     """The directory of the embedded Derby metastore database the session is configured
     with (:func:`build_session` under ``spark.metastore_dir``), or None for any other."""

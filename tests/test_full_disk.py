@@ -192,3 +192,37 @@ def test_a_full_temporary_directory_under_a_zip_release_keeps_the_extractions_ow
     assert f"to the temporary directory {tmp}/" in line
     assert "(No space left on device); free space there (or point TMPDIR elsewhere)" in line
     assert done.left == {}
+
+
+def test_a_full_spark_scratch_is_named_as_such_not_the_run(tmp_path, job_env):
+    """Spark's shuffle and spill files fill their disk (spark.scratch_dir): the message
+    used to send the user to the run's directory, which had room."""
+    scratch = tmp_path / "scratch"
+    done = run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(SMALL),
+         "--artifact-root", str(tmp_path / "art"), "--set", f"spark.scratch_dir={scratch}"],
+        scratch, "1m", env=job_env)
+    assert done.returncode == 4, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith(f"preprocess: artifact storage error: no space left on device "
+                           f"writing Spark's scratch directory {scratch}/"), line
+    assert "(shuffle and spill files; spark.scratch_dir for local masters" in line
+    assert done.left == {}  # the job's scratch is removed all the same
+    assert not (tmp_path / "art").exists()  # it failed before its run wrote anything
+
+
+def test_spark_scratch_is_told_from_the_jvms_stack():
+    shuffle = RuntimeError(
+        "An error occurred while calling o120.parquet.\n: org.apache.spark.SparkException: "
+        "Job aborted due to stage failure: … java.io.IOException: No space left on device\n"
+        "\tat java.base/java.io.FileOutputStream.writeBytes(Native Method)\n"
+        "\tat org.apache.spark.storage.DiskBlockObjectWriter.commitAndGet(…)\n")
+    assert io.storage_full(shuffle, writing="elsewhere", spark_scratch="/s/1") == (
+        "no space left on device writing Spark's scratch directory /s/1 (shuffle and spill "
+        "files; spark.scratch_dir for local masters, else spark.local.dir or "
+        "SPARK_LOCAL_DIRS)")
+    output = RuntimeError(  # the output's own path wins: Spark names it
+        "[TASK_WRITE_FAILED] Task failed while writing rows to file:/a/b. \nCaused by: "
+        "java.io.IOException: No space left on device\n\tat org.apache.spark.shuffle.x")
+    assert io.storage_full(output, spark_scratch="/s/1") == \
+        "no space left on device writing file:/a/b"

@@ -42,6 +42,7 @@ from recsys.evaluation.models import (AlsFit, AlsScorer, Ease, MostPopular, TwoT
                                       require_history_model)
 from recsys.evaluation.protocols import (ROLES, TEST, VALIDATION, Corpus, Protocol,
                                          held_out_users, load_corpus, random_split, temporal)
+from recsys.spark import local_dirs
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -301,7 +302,8 @@ def run_evaluate(spark: SparkSession, config: Config, inputs: EvaluateInputs
     preprocess_dir = inputs.preprocess_dir
     manifest = artifacts.Manifest(STAGE, run_id, config)
     with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as work, \
-            artifacts.failure_recorded(run_dir, manifest, scratch=work):
+            artifacts.failure_recorded(run_dir, manifest, scratch=work,
+                                       spark_scratch=local_dirs(spark)):
         out = os.path.join(work, "out")
         os.makedirs(out)
         with manifest.timed("load"):

@@ -37,6 +37,7 @@ from recsys.config import Config
 from recsys.data.errors import InputFileError, RejectThresholdError
 from recsys.data.readers import read_raw
 from recsys.data.release import Release, check_input, open_release
+from recsys.spark import local_dirs
 from recsys.data.validation import (
     mark_duplicate_movies,
     mark_unknown_movies,
@@ -159,7 +160,8 @@ def run_preprocess(spark: SparkSession, config: Config, *, run_id: str | None = 
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
     manifest = artifacts.Manifest(STAGE, run_id, config)
     out = lambda name: io.join(run_dir, name)  # noqa: E731
-    with artifacts.failure_recorded(run_dir, manifest, only_if_started=True):
+    with artifacts.failure_recorded(run_dir, manifest, only_if_started=True,
+                                    spark_scratch=local_dirs(spark)):
         return _preprocess(spark, config, root, run_dir, manifest, out)
 
 

@@ -49,6 +49,7 @@ from recsys.publish.claim import claim_night
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
 from recsys.publish.tables import (
     add_night, check_metastore_dir, commit_partition, prepare_table, stage_partition)
+from recsys.spark import local_dirs
 
 log = logging.getLogger(__name__)
 STAGE = "score"
@@ -295,7 +296,8 @@ def check_inputs(config: Config, *, run_id: str | None = None,
                        round(time.perf_counter() - start, 3))
 
 
-def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str):
+def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str,
+                        spark_scratch: str | None):
     """An exit callback for the night's ExitStack: a failed run removes what it staged.
     Those files can never be published (a later run stages the whole night again), and
     a night of them is the size of the tables. A run killed outright leaves them to the
@@ -310,7 +312,8 @@ def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str):
             except OSError as also:
                 log.warning("could not remove the staged files %s: %s", directory, also)
         full = io.storage_full_error(exc, writing=f"tonight's tables under {table_root} or "
-                                                  f"the run's record under {run_dir}")
+                                                  f"the run's record under {run_dir}",
+                                     spark_scratch=spark_scratch)
         if full is not None and full is not exc and isinstance(exc, Exception):
             raise full from exc  # the workers' errors do not say which file they were writing
         return False
@@ -329,7 +332,9 @@ def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
     index_dir, model_version = inputs.index_dir, inputs.model_version
     manifest = artifacts.Manifest(STAGE, run_id, config)
     manifest["timings_s"]["check_inputs"] = inputs.checked_s
-    with artifacts.failure_recorded(run_dir, manifest), ExitStack() as night:
+    scratch = local_dirs(spark)
+    with artifacts.failure_recorded(run_dir, manifest, spark_scratch=scratch), \
+            ExitStack() as night:
         manifest["inputs"] = {"preprocess_dir": preprocess_dir, "train_dir": train_dir,
                               "index_dir": index_dir, "model_version": model_version,
                               "run_date": run_date}
@@ -358,7 +363,7 @@ def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
                 f"cannot write the tables under {table_root} ({exc}): set score.table_root "
                 "(by default <artifact_root>/tables) to a place this job and its executors "
                 "can write") from None
-        night.push(_unstage_on_failure(list(staging.values()), table_root, run_dir))
+        night.push(_unstage_on_failure(list(staging.values()), table_root, run_dir, scratch))
         similar_staging = staging.pop("similar_movies")
         published = {"run_id": run_id, "run_date": run_date, "model_version": model_version}
         columns = {"recommendations": RECOMMENDATIONS, "user_embeddings": USER_EMBEDDINGS,
