@@ -112,12 +112,16 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
+def preprocess_on_small_fs(fs: Path, size: str, root: Path, env: dict[str, str], *sets: str):
+    return run_on_small_fs(
+        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(SMALL),
+         "--artifact-root", str(root), *[a for s in sets for a in ("--set", s)]],
+        fs, size, env=env)
+
+
 def test_preprocess_on_a_full_disk_exits_4_naming_the_place(tmp_path, job_env):
     fs = tmp_path / "fs"
-    done = run_on_small_fs(
-        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(SMALL),
-         "--artifact-root", str(fs / "art"), "--set", "spark.driver_memory=2g"],
-        fs, "800k", env=job_env)
+    done = preprocess_on_small_fs(fs, "800k", fs / "art", job_env, "spark.driver_memory=2g")
     assert done.returncode == 4, done.stderr[-3000:]
     line = last_line(done.stderr)
     assert line.startswith(f"preprocess: artifact storage error: no space left on device "
@@ -198,10 +202,8 @@ def test_a_full_spark_scratch_is_named_as_such_not_the_run(tmp_path, job_env):
     """Spark's shuffle and spill files fill their disk (spark.scratch_dir): the message
     used to send the user to the run's directory, which had room."""
     scratch = tmp_path / "scratch"
-    done = run_on_small_fs(
-        [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--input", str(SMALL),
-         "--artifact-root", str(tmp_path / "art"), "--set", f"spark.scratch_dir={scratch}"],
-        scratch, "1m", env=job_env)
+    done = preprocess_on_small_fs(scratch, "1m", tmp_path / "art", job_env,
+                                  f"spark.scratch_dir={scratch}")
     assert done.returncode == 4, done.stderr[-3000:]
     line = last_line(done.stderr)
     assert line.startswith(f"preprocess: artifact storage error: no space left on device "
