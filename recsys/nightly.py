@@ -162,6 +162,26 @@ def model_age_hours(root: str) -> float | None:
     return (dt.datetime.now(dt.timezone.utc) - finished).total_seconds() / 3600
 
 
+#: How far in the future a model may have finished by this machine's clock and still be
+#: taken as new: clocks of two machines (or one set by NTP) disagree by seconds.
+CLOCK_SLACK_HOURS = 0.05
+
+
+def train_skip(root: str, max_age_hours: float) -> tuple[str, str]:
+    """(why tonight's training is skipped, or ""; a note for the log, or ""). A model
+    that finished in the future by this machine's clock has no age that can be trusted
+    (the clock was set back, or the run came from a machine whose clock was ahead): it
+    is retrained rather than kept until the clock catches up, months later perhaps."""
+    age = model_age_hours(root)
+    if age is None or age >= max_age_hours:
+        return "", ""
+    if age < -CLOCK_SLACK_HOURS:
+        return "", (f"the latest model finished {-age:.1f} h from now by this machine's "
+                    "clock (a clock set back since?): its age is unknown, so it is retrained")
+    return (f"latest model is {max(age, 0.0):.1f} h old (< nightly.max_model_age_hours = "
+            f"{max_age_hours:g}); --force-train to retrain"), ""
+
+
 class Runner:
     """Runs the stage commands, streaming their output into the run's log file."""
 
@@ -447,10 +467,9 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             continue
         skip = ""
         if stage == "train" and not force_train and n.max_model_age_hours > 0:
-            age = model_age_hours(root)
-            if age is not None and age < n.max_model_age_hours:
-                skip = (f"latest model is {age:.1f} h old (< nightly.max_model_age_hours = "
-                        f"{n.max_model_age_hours:g}); --force-train to retrain")
+            skip, note = train_skip(root, n.max_model_age_hours)
+            if note:
+                runner.note(f"train: {note}")
         if stage == "index" and (made := _made_for_latest_model(root, stage)):
             skip = f"index {made[1]} is built for model {made[0]}"
         if stage == "evaluate" and not n.evaluate:

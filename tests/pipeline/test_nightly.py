@@ -370,3 +370,40 @@ def test_the_spark_stages_run_on_the_users_master_given_either_way():
     assert masters("--master yarn") == ("yarn", [["--master", "yarn"]] * 2)
     # not a second --master after the user's (spark-submit would take the last one)
     assert masters("--master=yarn") == ("yarn", [["--master=yarn"]] * 2)
+
+
+def test_a_model_from_the_future_is_retrained_not_kept_until_the_clock_catches_up(tmp_path):
+    """A model that finished later than now by this machine's clock (the clock set back,
+    a run from a machine whose clock was ahead) was skipped night after night: "latest
+    model is -2160.0 h old"."""
+    import datetime as dt
+
+    from recsys import artifacts
+    from recsys.config import Config
+    from recsys.nightly import train_skip
+
+    root = str(tmp_path / "art")
+    run_dir = artifacts.stage_dir(root, "train", "r1")
+    io.write_text(io.join(run_dir, "model.bin"), "x")
+    artifacts.commit(root, "train", run_dir, artifacts.Manifest("train", "r1", Config()),
+                     Config())
+
+    def finished(hours_ago: float) -> None:
+        manifest = artifacts.read_manifest(run_dir)
+        manifest["finished_at"] = (dt.datetime.now(dt.timezone.utc)
+                                   - dt.timedelta(hours=hours_ago)).isoformat()
+        io.write_text(io.join(run_dir, artifacts.MANIFEST), json.dumps(manifest))
+
+    finished(2)
+    skip, note = train_skip(root, 24)
+    assert skip.startswith("latest model is 2.0 h old (< nightly.max_model_age_hours = 24)")
+    assert note == ""
+    finished(30)
+    assert train_skip(root, 24) == ("", "")
+    finished(-24 * 90)  # ninety days ahead
+    skip, note = train_skip(root, 24)
+    assert skip == "" and note == (
+        "the latest model finished 2160.0 h from now by this machine's clock (a clock set "
+        "back since?): its age is unknown, so it is retrained")
+    finished(-0.01)  # seconds ahead: two clocks that disagree a little
+    assert train_skip(root, 24)[0].startswith("latest model is 0.0 h old")
