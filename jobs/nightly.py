@@ -10,7 +10,8 @@ nightly.max_model_age_hours. One log file per run in nightly.log_dir; a summary 
 
 Exit codes: 0 ok; 10 another nightly run holds the lock (nothing was done); 11 preprocess,
 12 train, 13 index, 14 score, 15 evaluate failed (the published tables are unchanged by
-a failed stage); 2 configuration error; 130 interrupted.
+a failed stage); 2 configuration error; 4 the artifact root's storage cannot be opened or
+is full (both said before the first stage); 130 interrupted.
 
 Example crontab line (02:15 every night, UTC machine):
 

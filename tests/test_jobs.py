@@ -206,6 +206,9 @@ def test_a_spark_home_without_spark_is_said_before_a_jvm_by_a_job_and_the_nightl
      "filesystem for http://example.invalid/ml-25m.zip: Unrecognized filesystem type"),
     ("train", ["--artifact-root", "gopher://example.invalid/art"], 4,
      "train: artifact storage error: cannot open a filesystem for gopher://example.invalid/art"),
+    # the nightly says it before its first stage (it used to fail that stage: exit 11)
+    ("nightly", ["--artifact-root", "gopher://example.invalid/art"], 4,
+     "nightly: artifact storage error: cannot open a filesystem for gopher://example.invalid/art"),
 ])
 def test_a_uri_no_filesystem_serves_is_said_with_its_exit_code(tmp_path, job_env, job, where,
                                                                  code, message):
@@ -218,3 +221,5 @@ def test_a_uri_no_filesystem_serves_is_said_with_its_exit_code(tmp_path, job_env
     assert message in proc.stderr and "Traceback" not in proc.stderr
     if job == "preprocess":
         assert "download it first (e.g. jobs/download_movielens.py)" in proc.stderr
+    if job == "nightly":
+        assert "started" not in proc.stdout and list(tmp_path.iterdir()) == []
