@@ -48,7 +48,9 @@ from typing import IO, Any, Callable, Iterator
 
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError, dump_toml
-from recsys.spark import ScratchDir, local_master, scratch_env, spark_home_problem
+from recsys.spark import (
+    ScratchDir, check_exec, java_tmpdir_set, local_master, scratch_env, scratch_root,
+    spark_home_problem)
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -427,6 +429,9 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     root = io.normalize_uri(config.artifact_root)
     _spark_submit(config)  # a night that cannot start its Spark stages is not begun
     artifacts.check_writable(root, "nightly")  # nor one whose stages could keep nothing
+    if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in os.environ and \
+            not java_tmpdir_set(os.environ):
+        check_exec(scratch_root(config.spark))  # the stages' JVMs' temporary directory
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
     lock = Lock(lock_path, setting="nightly.lock_file" if n.lock_file else "nightly.log_dir")

@@ -237,6 +237,27 @@ def java_tmpdir_set(env: Mapping[str, str], driver_java_options: str = "") -> bo
                for v in [*(env.get(k, "") for k in _JAVA_OPTION_VARS), driver_java_options])
 
 
+def check_exec(directory: str) -> None:
+    """A JVM's temporary directory must allow executables: the JVM unpacks the snappy and
+    lz4 native libraries there and maps them; on a filesystem mounted ``noexec`` (a
+    hardened ``/tmp``) every Spark stage would fail at its first compressed write, with
+    an UnsatisfiedLinkError ("failed to map segment from shared object")."""
+    at = os.path.abspath(directory)
+    while not os.path.exists(at) and os.path.dirname(at) != at:  # not made yet: its disk
+        at = os.path.dirname(at)
+    try:
+        noexec = bool(os.statvfs(at).f_flag & os.ST_NOEXEC)
+    except (OSError, AttributeError):  # no such flag on this system
+        return
+    if noexec:
+        raise ConfigError(
+            f"spark.scratch_dir: {directory} is on a filesystem mounted noexec, where the "
+            "Spark JVM would unpack its native libraries (snappy, lz4) and fail to load "
+            "them: set spark.scratch_dir to a directory on a filesystem that allows "
+            "executables (e.g. under /var/tmp), or give the JVM a -Djava.io.tmpdir of your "
+            "own (SPARK_SUBMIT_OPTS or JAVA_TOOL_OPTIONS)")
+
+
 def scratch_env(scratch: str, env: Mapping[str, str]) -> dict[str, str]:
     """The environment entries that keep a Spark driver JVM about to start (a local
     master's, whose executors it runs) inside ``scratch``: its shuffle and spill files
@@ -246,6 +267,7 @@ def scratch_env(scratch: str, env: Mapping[str, str]) -> dict[str, str]:
     directories: about 430 KB that a killed JVM used to leave in ``/tmp`` for good."""
     out = {"SPARK_LOCAL_DIRS": scratch}
     if not java_tmpdir_set(env):
+        check_exec(scratch)
         opts = env.get("SPARK_SUBMIT_OPTS", "")
         option = f"-Djava.io.tmpdir={scratch}"
         if any(c.isspace() or c in "'\"\\" for c in scratch):  # the launcher splits on spaces
@@ -395,6 +417,7 @@ def build_session(
         # SparkContext and the native libraries it loads, which start after this).
         builder.config("spark.local.dir", scratch)
         if not java_tmpdir_set(os.environ, existing.get("spark.driver.extraJavaOptions", "")):
+            check_exec(scratch)
             SparkContext._jvm.java.lang.System.setProperty("java.io.tmpdir", scratch)
     set_default("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in _WORKER_ENV.items():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 _SCRIPT = """
 set -u
-mount -t tmpfs -o size="$1" tmpfs "$2" || exit 97
+mount -t tmpfs -o "$1" tmpfs "$2" || exit 97
 cd "$2"
 eval "$3" || exit 98
 shift 3
@@ -39,14 +39,16 @@ class FullRun:
 
 
 def run_on_small_fs(cmd: list[str], mountpoint: Path, size: str, *, prepare: str = "true",
-                    env: dict[str, str] | None = None, timeout: float = 600) -> FullRun:
+                    env: dict[str, str] | None = None, timeout: float = 600,
+                    noexec: bool = False) -> FullRun:
     """Run ``cmd`` with a ``size`` tmpfs (e.g. "300k") mounted at ``mountpoint``, after the
-    shell command ``prepare`` (run in the mountpoint, e.g. to copy a run into it). The
-    filesystem and what is on it go with the namespace when the command ends."""
+    shell command ``prepare`` (run in the mountpoint, e.g. to copy a run into it);
+    ``noexec``: mounted so, as a hardened ``/tmp`` is. The filesystem and what is on it go
+    with the namespace when the command ends."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [_unshare(), "--user", "--map-root-user", "--mount", "sh", "-c", _SCRIPT, "sh", size,
-         str(mountpoint), prepare, *cmd],
+        [_unshare(), "--user", "--map-root-user", "--mount", "sh", "-c", _SCRIPT, "sh",
+         f"size={size}" + (",noexec" if noexec else ""), str(mountpoint), prepare, *cmd],
         env=env if env is not None else dict(os.environ), capture_output=True, text=True,
         timeout=timeout)
     if done.returncode in (97, 98):

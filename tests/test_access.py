@@ -16,7 +16,7 @@ import pytest
 from recsys import artifacts, io
 from recsys.config import ConfigError
 from tests.conftest import REPO, SMALL
-from tests.filesystems import run_read_only, run_unprivileged
+from tests.filesystems import run_on_small_fs, run_read_only, run_unprivileged
 
 
 def last_line(text: str) -> str:
@@ -125,3 +125,28 @@ def test_preprocess_refuses_a_root_it_has_no_permission_to_write(tmp_path, job_e
                                                               "Permission denied")
     assert "log4j" not in done.stdout + done.stderr
     assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("job", ["preprocess", "nightly"])
+def test_a_temporary_directory_mounted_noexec_is_said_before_spark(tmp_path, job_env, job):
+    """A hardened /tmp (noexec): the Spark JVM unpacks snappy and lz4 into its temporary
+    directory, the job's Spark scratch under TMPDIR, and cannot load them. The job used
+    to fail at its first compressed write, 19 s in, with exit 1 and an
+    UnsatisfiedLinkError ("failed to map segment from shared object")."""
+    tmp = tmp_path / "tmp"
+    cmd = [sys.executable, str(REPO / f"jobs/{job}.py"), "--conf-file",
+           str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art"),
+           "--input", str(SMALL), "--set", f"nightly.log_dir={tmp_path / 'logs'}"]
+    done = run_on_small_fs(cmd, tmp, "64m", env={**job_env, "TMPDIR": str(tmp)}, noexec=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = last_line(done.stderr)
+    assert line.startswith(
+        f"{job}: configuration error: spark.scratch_dir: {tmp}/recsys-spark-"), line
+    assert line.endswith(
+        "is on a filesystem mounted noexec, where the Spark JVM would unpack its native "
+        "libraries (snappy, lz4) and fail to load them: set spark.scratch_dir to a directory "
+        "on a filesystem that allows executables (e.g. under /var/tmp), or give the JVM a "
+        "-Djava.io.tmpdir of your own (SPARK_SUBMIT_OPTS or JAVA_TOOL_OPTIONS)"), line
+    assert "log4j" not in done.stdout + done.stderr and "started" not in done.stdout
+    assert done.left == {}
+    assert not (tmp_path / "logs").exists()
