@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 
@@ -34,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys import io
 from recsys.config import ConfigError
 from recsys.data.layouts import GENRES, NO_GENRES
 
@@ -274,8 +277,8 @@ def _write_csv(path: str, columns: dict[str, object], *, append: bool = False,
 README_MARK = "Synthetic MovieLens-format corpus, written by movielens-recs make_synthetic_corpus."
 
 
-def _claim_out_dir(out_dir: str, spec: SyntheticSpec) -> None:
-    """Create ``out_dir`` (or reuse one this generator wrote) and mark it as a corpus."""
+def _check_out_dir(out_dir: str) -> None:
+    """``out_dir`` is new, empty, or a corpus this generator wrote (which is replaced)."""
     readme = os.path.join(out_dir, "README.txt")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file, not a directory")
@@ -290,24 +293,86 @@ def _claim_out_dir(out_dir: str, spec: SyntheticSpec) -> None:
             raise ConfigError(f"--out {out_dir} holds files this command did not write "
                               f"({found}, ...): give a new or empty directory; its files would "
                               "be overwritten")
+
+
+_PARTIAL = ".partial-"
+
+
+def _staging_dir(out_dir: str, spec: SyntheticSpec) -> str:
+    """A new directory beside ``out_dir`` to write the corpus in, marked as a corpus; the
+    ones that runs killed outright left there (their process gone) are removed first."""
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    prefix = f".{base}{_PARTIAL}"
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(readme, "w", encoding="utf-8") as fh:
+        os.makedirs(parent, exist_ok=True)
+        for name in os.listdir(parent):
+            pid = name[len(prefix):].partition("-")[0]
+            if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # as a directory made the usual way (not 0700)
+        with open(os.path.join(staging, "README.txt"), "w", encoding="utf-8") as fh:
             fh.write(f"{README_MARK}\nNot GroupLens data: users, movies and ratings are drawn "
                      f"at random (seed {spec.seed}) with {spec.users:,} users, {spec.movies:,} "
                      f"movies and {spec.ratings:,} ratings, in the ml-25m file layout.\n")
     except OSError as exc:
+        if io.storage_full(exc) is not None:
+            raise
         raise ConfigError(f"cannot write the corpus to --out {out_dir}: "
                           f"{exc.strerror or exc}") from None
+    return staging
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _put_in_place(staging: str, out_dir: str) -> None:
+    """The whole corpus at ``out_dir`` at once: swapped with an earlier one (atomic where
+    the filesystem can), which is then removed."""
+    if not os.path.isdir(out_dir):
+        os.rename(staging, out_dir)
+        return
+    if io.exchange(staging, out_dir):
+        shutil.rmtree(staging)  # the earlier corpus now
+        return
+    old = staging + ".old"
+    os.rename(out_dir, old)
+    os.rename(staging, out_dir)
+    shutil.rmtree(old)
 
 
 def generate(spec: SyntheticSpec, out_dir: str) -> dict[str, int]:
     """Write ratings.csv, movies.csv, tags.csv, links.csv, genome-scores.csv and
     genome-tags.csv (and a README.txt saying what they are) into ``out_dir``, which must be
-    new, empty or an earlier corpus; returns row counts."""
+    new, empty or an earlier corpus; returns row counts. The files are written in a
+    directory beside it and moved into place when all are written: a run stopped part way
+    (a full disk, a kill) leaves no corpus that looks whole but is cut short, which a
+    preprocess run would read as a smaller one; an earlier corpus there stays until then."""
     spec = spec.resolved()
     spec.validate()
-    _claim_out_dir(out_dir, spec)
+    _check_out_dir(out_dir)
+    staging = _staging_dir(out_dir, spec)
+    try:
+        with io.names_full_storage(f"the corpus in {staging}, beside --out {out_dir}"):
+            counts = _write_corpus(spec, staging)
+            _put_in_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("corpus written to %s", out_dir)
+    return counts
+
+
+def _write_corpus(spec: SyntheticSpec, out_dir: str) -> dict[str, int]:
     rng = np.random.default_rng(spec.seed)
     t0 = time.perf_counter()
     M, U, D = spec.movies, spec.users, spec.dim
@@ -423,7 +488,7 @@ def generate(spec: SyntheticSpec, out_dir: str) -> dict[str, int]:
             "tagId": pa.array(np.tile(np.arange(1, spec.genome_tags + 1), chunk.size)),
             "relevance": pa.array(rel.ravel()),
         }, append=i > 0)
-    log.info("corpus written to %s (%.1fs)", out_dir, time.perf_counter() - t0)
+    log.info("corpus files written (%.1fs)", time.perf_counter() - t0)
     return {
         "users": U,
         "movies": M,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from recsys.data.layouts import GENRES, NO_GENRES
 from recsys.data.synthetic import FIRST_TIMESTAMP, LAST_TIMESTAMP, RATING_MIX, SyntheticSpec, generate
+from tests.filesystems import run_on_small_fs
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = SyntheticSpec(users=400, movies=2000, ratings=40_000, seed=3, genome_movies=50)
@@ -79,6 +82,15 @@ def test_movies_and_genome(corpus):
     assert scores.relevance.between(0, 1).all()
     tags = pd.read_csv(out / "tags.csv")
     assert len(tags) == round(1_093_360 * 40_000 / 25_000_095)
+
+
+def test_the_corpus_directory_has_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        generate(SyntheticSpec(users=100, movies=50, ratings=2400, seed=1), str(tmp_path / "c"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o755  # readable by all
 
 
 def test_deterministic_per_seed(corpus, tmp_path):
@@ -158,3 +170,25 @@ def test_the_job_never_writes_over_files_it_did_not_write(corpus, tmp_path):
     for _ in range(2):  # a corpus it wrote is written again
         proc = subprocess.run([*job, str(again)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_a_full_disk_leaves_no_corpus_cut_short_and_keeps_the_earlier_one(tmp_path):
+    """The files used to be written in place: a full disk (or a kill) left a corpus with
+    its README, a cut ratings.csv and no tags or genome, which preprocess reads as a
+    smaller corpus (the cut line one reject among thousands). Now the earlier corpus stays
+    whole, and nothing else is left; a run killed before left its staging directory,
+    which this run removes."""
+    fs = tmp_path / "fs"
+    job = f"{sys.executable} {REPO / 'jobs/make_synthetic_corpus.py'} --out c"
+    prepare = (f"{job} --users 100 --movies 50 --ratings 2400 > /dev/null 2>&1 && "
+               "mkdir .c.partial-999999999-x && md5sum c/* > ../before.md5")
+    bigger = (f"{job} --users 2000 --movies 500 --ratings 100000; rc=$?; "
+              "md5sum c/* > ../after.md5; exit $rc")
+    done = run_on_small_fs(["sh", "-c", bigger], fs, "400k", prepare=prepare)
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "make_synthetic_corpus: artifact storage error: no space left on device writing the "
+        f"corpus in {fs}/.c.partial-")
+    assert sorted(done.left) == sorted(str(fs / "c" / f) for f in ("README.txt", *FILES))
+    before = (tmp_path / "before.md5").read_text()
+    assert len(before.splitlines()) == 7 and (tmp_path / "after.md5").read_text() == before
