@@ -170,13 +170,18 @@ def local_path(uri: str) -> str:
 def same_place(a: str, b: str) -> bool:
     """Whether two URIs name one directory, written as Spark and a catalog write them
     (``file:/x`` for ``file:///x``; ``hdfs:///x``, the default namenode, for
-    ``hdfs://nn:8020/x``; percent-encoded or not)."""
+    ``hdfs://nn:8020/x``; percent-encoded or not; a local one through a symbolic link or
+    not)."""
     na, nb = normalize_uri(a), normalize_uri(b)
     if is_local(na) or is_local(nb):
         if not (is_local(na) and is_local(nb)):
             return False
         here, there = _file_path(na), _file_path(nb)
-        return here == there or unquote(here) == unquote(there)
+        if here == there or unquote(here) == unquote(there):
+            return True
+        # one directory by two names (a symbolic link on the way): the same place
+        return any(os.path.realpath(x) == os.path.realpath(y) for x, y in
+                   ((here, there), (unquote(here), there), (here, unquote(there))))
     pa_, pb = urlparse(na), urlparse(nb)
     if pa_.scheme != pb.scheme or (pa_.netloc and pb.netloc and pa_.netloc != pb.netloc):
         return False

@@ -63,6 +63,17 @@ def test_same_place(a, b, same):
     assert io.same_place(a, b) is same and io.same_place(b, a) is same
 
 
+def test_a_directory_through_a_symbolic_link_is_the_same_place(tmp_path):
+    """A root given once as /data/... and once as the disk it links to: the score job
+    refused the catalog's table as "another artifact root"."""
+    (tmp_path / "disk" / "t").mkdir(parents=True)
+    (tmp_path / "data").symlink_to(tmp_path / "disk")
+    assert io.same_place(f"file:{tmp_path}/data/t", str(tmp_path / "disk" / "t"))
+    assert io.same_place(str(tmp_path / "data" / "t"), f"file:{tmp_path}/disk/t/")
+    (tmp_path / "disk" / "u").mkdir()
+    assert not io.same_place(str(tmp_path / "data" / "u"), str(tmp_path / "disk" / "t"))
+
+
 @pytest.mark.parametrize("jdk, message", [
     (False, "Unable to load libjvm: set JAVA_HOME to the JDK's directory"),
     (True, "Unable to load libhdfs: set ARROW_LIBHDFS_DIR (or HADOOP_HOME) to where "
