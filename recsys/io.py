@@ -17,7 +17,7 @@ import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
@@ -56,6 +56,32 @@ _SPARK_SCRATCH = re.compile(
     r"ExternalSorter|unsafe\.sort\.Unsafe))")
 
 
+def error_chain(exc: BaseException, *, include: Callable[[BaseException], bool] = lambda e: True
+                ) -> Iterator[tuple[BaseException, str]]:
+    """``exc`` and the errors it was raised from or while handling, each once, nearest
+    first, with its text ("" when it has none to give: a Py4JJavaError asks the JVM for
+    its stack, and the JVM may be gone). Not past an error raised ``from None`` while
+    handling another (it has said it on purpose), nor into one ``include`` refuses."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen or not include(e):
+            continue
+        seen.add(id(e))
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001
+            text = ""
+        yield e, text
+        todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
+
+
+def _not_the_projects(e: BaseException) -> bool:
+    """The project's own errors say what happened themselves (a StorageFullError: where)."""
+    return isinstance(e, StorageFullError) or type(e).__module__.partition(".")[0] != "recsys"
+
+
 def storage_full(exc: BaseException, *, writing: str | None = None,
                  places: str | None = None, spark_scratch: str | None = None) -> str | None:
     """Why ``exc`` failed, when it (or an error it was raised from or while handling,
@@ -65,23 +91,11 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
     else ``writing``; when none says, ``places`` lists where the job writes. ``None`` for
     any other failure, and for the project's own errors, which say what happened
     themselves."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
     found = where = None
     scratch = False
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e, text in error_chain(exc, include=_not_the_projects):
         if isinstance(e, StorageFullError):
             return str(e)  # said already, with the place
-        if type(e).__module__.partition(".")[0] == "recsys":
-            continue  # the project's own errors say what happened themselves
-        try:
-            text = str(e)  # a Py4JJavaError asks the JVM for its stack: it may be gone
-        except Exception:  # noqa: BLE001
-            text = ""
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             found = found or os.strerror(e.errno)
             where = where or e.filename
@@ -90,8 +104,6 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
         if where is None and (m := _WRITING.search(text)) is not None:
             where = m.group(1)
         scratch = scratch or _SPARK_SCRATCH.search(text) is not None
-        # an error raised "from None" while handling another has said it on purpose
-        todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
     if found is None:
         return None
     reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \

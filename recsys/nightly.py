@@ -44,7 +44,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError, dump_toml
@@ -310,6 +310,12 @@ def _given_master(args: list[str]) -> str | None:
     return None
 
 
+def _stages_in_scratch(config: Config, env: Mapping[str, str]) -> bool:
+    """Whether the stages' Spark keeps its files in the run's scratch directory: a local
+    master's, unless the user chose its directories (``SPARK_LOCAL_DIRS``)."""
+    return local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env
+
+
 def stage_master(config: Config) -> str:
     """The master the Spark stages run on: ``nightly.spark_submit_args``' ``--master``,
     else ``spark.master``."""
@@ -429,8 +435,7 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     root = io.normalize_uri(config.artifact_root)
     _spark_submit(config)  # a night that cannot start its Spark stages is not begun
     artifacts.check_writable(root, "nightly")  # nor one whose stages could keep nothing
-    if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in os.environ and \
-            not java_tmpdir_set(os.environ):
+    if _stages_in_scratch(config, os.environ) and not java_tmpdir_set(os.environ):
         check_exec(scratch_root(config.spark))  # the stages' JVMs' temporary directory
     lock_path = n.lock_file or os.path.join(n.log_dir, "nightly.lock")
     log_file = os.path.abspath(os.path.join(n.log_dir, f"nightly-{run_id}.log"))
@@ -458,7 +463,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         fh.write(dump_toml(config.replace(artifact_root=root)))
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)
     env = _stage_env()
-    if local_master(stage_master(config)) and "SPARK_LOCAL_DIRS" not in env:
+    if _stages_in_scratch(config, env):
         env.update(scratch_env(scratch, env))  # every stage's Spark files, removed at the end
     results: list[StageResult] = []
     exit_code = 0

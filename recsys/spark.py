@@ -19,6 +19,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Mapping
 
+from recsys import io
 from recsys.config import ConfigError, SparkConfig
 
 if TYPE_CHECKING:
@@ -72,21 +73,10 @@ def worker_import_error(exc: BaseException) -> str | None:
     says so; None for any other failure, the driver's own imports included. It happens
     when the workers run another interpreter than the job (``PYSPARK_PYTHON`` or
     ``spark.pyspark.python`` set to a system Python, say)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        try:
-            text = str(e)  # a Py4JJavaError asks the JVM for its stack: it may be gone
-        except Exception:  # noqa: BLE001
-            text = ""
+    for e, text in io.error_chain(exc):
         # pyspark's captured PythonException says it by its class; the JVM's in its text
         if (m := _WORKER_IMPORT.search(f"{type(e).__name__}: {text}")) is not None:
             return m.group(1).strip()
-        todo += [e.__cause__, None if e.__suppress_context__ else e.__context__]
     return None
 
 

@@ -123,10 +123,10 @@ def _relative_hint(source: str) -> str:
     return hint
 
 
-def _check_readable(uri: str, what: str, read) -> None:  # noqa: ANN001
+def _check_readable(uri: str, what: str, read):  # noqa: ANN001, ANN202
     """``read(uri)``, an OSError (permissions, an unreadable mount) said as an input error."""
     try:
-        read(uri)
+        return read(uri)
     except OSError as exc:
         raise InputFileError(f"cannot read {what} ({io.strerror(exc)}): give this job read "
                              "access to the release, or a copy it can read") from None
@@ -145,8 +145,8 @@ def check_input(source: str) -> str:
                 if source_uri.lower().startswith(("http://", "https://")) else "")
         raise InputFileError(f"input {source}: {exc}{hint}") from None
     if io.is_dir(source_uri) and not source_uri.lower().endswith(".zip"):
-        _check_readable(source_uri, source, io.list_dir)
-        for name in sorted(set(io.list_dir(source_uri)) & _RELEASE_FILES):
+        names = _check_readable(source_uri, source, io.list_dir)
+        for name in sorted(set(names) & _RELEASE_FILES):
             _check_readable(io.join(source_uri, name), f"{name} in {source}",
                             lambda uri: io.read_head(uri, 1))
         return source_uri

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from recsys import io
 from recsys.config import ConfigError
 from recsys.data.layouts import GENRES, NO_GENRES
+from recsys.spark import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def _staging_dir(out_dir: str, spec: SyntheticSpec) -> str:
         os.makedirs(parent, exist_ok=True)
         for name in os.listdir(parent):
             pid = name[len(prefix):].partition("-")[0]
-            if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            if name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
         umask = os.umask(0)
@@ -323,16 +324,6 @@ def _staging_dir(out_dir: str, spec: SyntheticSpec) -> str:
         raise ConfigError(f"cannot write the corpus to --out {out_dir}: "
                           f"{exc.strerror or exc}") from None
     return staging
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _put_in_place(staging: str, out_dir: str) -> None:

@@ -37,7 +37,6 @@ from recsys.config import Config
 from recsys.data.errors import InputFileError, RejectThresholdError
 from recsys.data.readers import read_raw
 from recsys.data.release import Release, check_input, open_release
-from recsys.spark import local_dirs
 from recsys.data.validation import (
     mark_duplicate_movies,
     mark_unknown_movies,
@@ -60,6 +59,7 @@ from recsys.features.movies import (
     top_tags,
     user_vocabulary,
 )
+from recsys.spark import local_dirs
 
 log = logging.getLogger(__name__)
 STAGE = "preprocess"

@@ -280,9 +280,10 @@ def check_inputs(config: Config, *, run_id: str | None = None,
                  index_run: str | None = None) -> ScoreInputs:
     """The run id (checked: a configuration error first) and the preprocess, train and
     index runs verified against their manifests; then that the stage's directory and the
-    embedded metastore's can be written (a file written and removed). Needs no Spark and leaves nothing: the job
-    calls it before it starts Spark, so a missing or corrupt input, or a root it cannot
-    write, costs no JVM and leaves no run behind (as in the other stages)."""
+    embedded metastore's can be written (a file written and removed). Needs no Spark and
+    leaves nothing: the job calls it before it starts Spark, so a missing or corrupt
+    input, or a root it cannot write, costs no JVM and leaves no run behind (as in the
+    other stages)."""
     start = time.perf_counter()
     root = config.artifact_root
     run_id, run_dir = artifacts.claim_run(root, STAGE, run_id)
