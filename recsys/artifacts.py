@@ -159,9 +159,9 @@ def check_writable(root: str, stage: str) -> None:
     where = io.join(root, stage)
     try:
         io.check_writable(where)
-    except io.ArtifactIOError:  # a full disk, a filesystem that cannot be reached
-        raise
     except OSError as exc:
+        if isinstance(exc, io.ArtifactIOError) and not isinstance(exc, io.StorageRefusedError):
+            raise  # a full disk, a filesystem that cannot be reached
         raise ConfigError(
             f"cannot write under {where} ({io.strerror(exc)}): set artifact_root (--artifact-root) "
             "to a place this job can write") from None
@@ -184,17 +184,19 @@ def failure_recorded(run_dir: str, manifest: Manifest, *, only_if_started: bool 
     the run's directory and ``scratch``, the job's local temporary directory, when the
     error does not say; ``spark_scratch``, Spark's local directories, when the JVM's stack
     shows its shuffle or spill files), and what the run wrote is removed but its
-    manifest."""
+    manifest. A filesystem that refused the job (read-only, no permission) is raised as
+    :class:`recsys.io.StorageRefusedError`, naming the place."""
     try:
         yield
     except BaseException as exc:
-        full = io.storage_full_error(exc, places=f"under {run_dir}" + (
+        storage = io.storage_error(exc, places=f"under {run_dir}" + (
             f" and in its temporary directory {scratch} (TMPDIR)" if scratch else ""),
             spark_scratch=spark_scratch)
-        error = full if full is not None and isinstance(exc, Exception) else exc  # Ctrl-C stays
+        # Ctrl-C stays as it is
+        error = storage if storage is not None and isinstance(exc, Exception) else exc
         if not only_if_started or io.exists(run_dir):
             try:
-                if full is not None:
+                if isinstance(storage, io.StorageFullError):
                     # What it wrote cannot be used and holds the space the next run needs
                     # (and the failed manifest below): only the manifest is kept.
                     for name in io.list_dir(run_dir):

@@ -17,7 +17,7 @@ from typing import Callable
 from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
-from recsys.io import ArtifactIOError, storage_full
+from recsys.io import ArtifactIOError, storage_full, storage_refused
 from recsys.publish import CatalogUnavailableError
 from recsys.publish.claim import NightClaimedError
 from recsys.spark import SparkStartError, worker_import_error, worker_python_hint
@@ -111,6 +111,12 @@ def run_main(name: str, body: Callable[[], int | None]) -> int:
         if full is not None:  # from any layer: Python, pyarrow, a Spark task, the JVM
             print(f"{name}: artifact storage error: {full}: free space there (or give the "
                   "job a place with room) and run it again", file=sys.stderr)
+            return EXIT_ARTIFACT
+        refused = storage_refused(exc)
+        if refused is not None:  # e.g. remounted read-only after the job's check passed
+            print(f"{name}: artifact storage error: {refused}: the filesystem refused this "
+                  "job there while it ran; make the place writable for it again (or give "
+                  "it another artifact root) and run it again", file=sys.stderr)
             return EXIT_ARTIFACT
         missing = worker_import_error(exc)
         if missing is not None:  # the workers' interpreter, not the job's code

@@ -44,12 +44,32 @@ class StorageFullError(ArtifactIOError):
     """A write failed for a full disk or an exhausted quota; the message says where."""
 
 
+class StorageRefusedError(ArtifactIOError):
+    """The filesystem refused the job in the middle of its work (read-only, or no
+    permission there): e.g. remounted read-only, or its permissions changed, after the
+    check before the work passed. The message says where."""
+
+
 #: A full disk or an exhausted quota, as Python says it (errno), as the JVM does (the C
 #: library's text in a java.io.IOException) and as HDFS does (its quota exceptions).
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|"
                         r"\b(?:NSQuota|DSQuota|Quota)ExceededException|DiskOutOfSpaceException")
 _WRITING = re.compile(r"writing rows to (\S+?)\.?(?:\s|$)")  # Spark's TASK_WRITE_FAILED
+#: What a Python worker said with one of this module's errors (its traceback comes back
+#: to the driver as text): the place, which the driver's own errors do not know.
+_SAID = {kind: re.compile(rf"recsys\.io\.{kind.__name__}: (.+)")
+         for kind in (StorageFullError, StorageRefusedError)}
+#: A filesystem refusing a job: read-only, or no permission (the kernel's errno and the
+#: C library's text, as Python, pyarrow and the JVM say it).
+_REFUSED_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_REFUSED_TEXT = re.compile(r"Read-only file system|Permission denied|Operation not permitted")
+#: Where, as pyarrow ('…'), the JVM (java.io and java.nio) and Hadoop name the file.
+_REFUSED_PLACE = re.compile(
+    r"(?:local file|(?:file|directory|rename)) '([^']+)'"
+    r"|(?:FileNotFoundException|AccessDeniedException|FileSystemException): (/[^\s:]+)"
+    r"|Mkdirs failed to create (\S+)")
+_MKDIRS = "Mkdirs failed to create"  # Hadoop's local filesystem, which does not say why
 #: A Java stack through Spark's shuffle, spill or block files: its scratch (spark.local.dir).
 _SPARK_SCRATCH = re.compile(
     r"org\.apache\.spark\.(?:storage\.Disk|shuffle\.|util\.collection\.(?:Spillable|"
@@ -78,8 +98,9 @@ def error_chain(exc: BaseException, *, include: Callable[[BaseException], bool] 
 
 
 def _not_the_projects(e: BaseException) -> bool:
-    """The project's own errors say what happened themselves (a StorageFullError: where)."""
-    return isinstance(e, StorageFullError) or type(e).__module__.partition(".")[0] != "recsys"
+    """The project's own errors say what happened themselves (these two: where)."""
+    return isinstance(e, (StorageFullError, StorageRefusedError)) or \
+        type(e).__module__.partition(".")[0] != "recsys"
 
 
 def storage_full(exc: BaseException, *, writing: str | None = None,
@@ -96,6 +117,8 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
     for e, text in error_chain(exc, include=_not_the_projects):
         if isinstance(e, StorageFullError):
             return str(e)  # said already, with the place
+        if (m := _SAID[StorageFullError].search(text)) is not None:
+            return m.group(1)  # by a Python worker
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             found = found or os.strerror(e.errno)
             where = where or e.filename
@@ -106,8 +129,7 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
         scratch = scratch or _SPARK_SCRATCH.search(text) is not None
     if found is None:
         return None
-    reason = found[0].lower() + found[1:] if found[:1].isupper() and found[1:2].islower() \
-        else found
+    reason = _lower(found)
     if where is None and scratch:
         where = (f"Spark's scratch directory{' ' + spark_scratch if spark_scratch else ''} "
                  "(shuffle and spill files; spark.scratch_dir for local masters, else "
@@ -118,28 +140,91 @@ def storage_full(exc: BaseException, *, writing: str | None = None,
     return reason + (f" (the job writes {places})" if places else "")
 
 
-def storage_full_error(exc: BaseException, *, writing: str | None = None,
-                       places: str | None = None, spark_scratch: str | None = None
-                       ) -> StorageFullError | None:
-    """``exc`` as a :class:`StorageFullError` saying where (:func:`storage_full`; ``exc``
-    itself when it is one already); None when ``exc`` is not a full disk."""
-    if isinstance(exc, StorageFullError):
+def storage_refused(exc: BaseException, *, writing: str | None = None) -> str | None:
+    """Why ``exc`` failed, when it (or an error it was raised from or while handling,
+    unless raised ``from None``) is the filesystem refusing the job: e.g. "read-only file
+    system at <place>", the place as the error names it (Spark's task directories cut
+    off), else ``writing``; an error known only by its text must name a file. Hadoop's "Mkdirs failed to create" gives no reason: a local
+    place is then looked at (read-only, or not writable for this process). ``None`` for
+    any other failure, and for the project's own errors, which say what happened
+    themselves."""
+    for e, text in error_chain(exc, include=_not_the_projects):
+        if isinstance(e, StorageRefusedError):
+            return str(e)
+        if (m := _SAID[StorageRefusedError].search(text)) is not None:
+            return m.group(1)  # by a Python worker
+        reason = place = None
+        if isinstance(e, OSError) and e.errno in _REFUSED_ERRNOS:
+            reason, place = os.strerror(e.errno), e.filename
+        elif (m := _REFUSED_TEXT.search(text)) is not None:
+            reason = m.group(0)
+        elif _MKDIRS not in text:
+            continue
+        if place is None and (m := _REFUSED_PLACE.search(text)) is not None:
+            place = next(g for g in m.groups() if g)
+        elif place is None and not isinstance(e, OSError):
+            continue  # words in a text, with no file: not enough to say it
+        if place is not None:
+            place = os.fspath(place).split("/_temporary/")[0]  # a Spark task's attempt
+        reason = reason or (_refusal(place) if place else None)
+        if reason is None:
+            continue
+        where = place or writing
+        return _lower(reason) + (f" at {where}" if where else "")
+    return None
+
+
+def _refusal(place: str) -> str | None:
+    """Why a local ``place`` cannot be written now, as the C library says it: its
+    filesystem is mounted read-only, or this process may not write its nearest existing
+    directory; None when it can (or the place is not local)."""
+    try:
+        path = local_path(place)
+    except ArtifactIOError:
+        return None
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except OSError:
+        return None
+    return None if os.access(path, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+
+
+def _lower(reason: str) -> str:
+    """ "No space left on device" -> "no space left on device"; acronyms stay."""
+    return reason[0].lower() + reason[1:] if reason[:1].isupper() and reason[1:2].islower() \
+        else reason
+
+
+def storage_error(exc: BaseException, *, writing: str | None = None,
+                  places: str | None = None, spark_scratch: str | None = None
+                  ) -> ArtifactIOError | None:
+    """``exc`` as a :class:`StorageFullError` or a :class:`StorageRefusedError` saying
+    where (:func:`storage_full`, :func:`storage_refused`; ``exc`` itself when it is one
+    already); None when ``exc`` is neither."""
+    if isinstance(exc, (StorageFullError, StorageRefusedError)):
         return exc
     full = storage_full(exc, writing=writing, places=places, spark_scratch=spark_scratch)
-    return None if full is None else StorageFullError(full)
+    if full is not None:
+        return StorageFullError(full)
+    refused = storage_refused(exc, writing=writing)
+    return None if refused is None else StorageRefusedError(refused)
 
 
 @contextmanager
-def names_full_storage(target: str) -> Iterator[None]:
-    """A full disk met inside is raised as :class:`StorageFullError` naming ``target``
-    (pyarrow's and Python's write errors do not say which file they were writing)."""
+def names_storage_errors(target: str) -> Iterator[None]:
+    """A full disk or a refusal met inside is raised as :class:`StorageFullError` or
+    :class:`StorageRefusedError` naming ``target`` where the error does not say (pyarrow's
+    and Python's write errors do not say which file they were writing)."""
     try:
         yield
     except OSError as exc:
-        full = storage_full_error(exc, writing=target)
-        if full is None or full is exc:
+        error = storage_error(exc, writing=target)
+        if error is None or error is exc:
             raise
-        raise full from exc
+        raise error from exc
 
 
 def _file_path(text: str) -> str:
@@ -230,7 +315,9 @@ def _reason(exc: Exception) -> str:
 
 def strerror(exc: OSError) -> str:
     """The filesystem's reason, e.g. "Permission denied", without the path that pyarrow
-    repeats around it."""
+    repeats around it (for this module's own errors, of the error they were raised from)."""
+    if isinstance(exc, ArtifactIOError) and isinstance(exc.__cause__, OSError):
+        return strerror(exc.__cause__)
     if exc.errno:
         return os.strerror(exc.errno)
     text = str(exc).strip()
@@ -286,7 +373,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with names_full_storage(uri):
+        with names_storage_errors(uri):
             try:
                 with fs.open_output_stream(tmp) as out:
                     out.write(data)
@@ -296,7 +383,7 @@ def write_bytes(uri: str, data: bytes) -> None:
                     os.unlink(tmp)
                 raise
     else:
-        with names_full_storage(uri), fs.open_output_stream(path) as out:
+        with names_storage_errors(uri), fs.open_output_stream(path) as out:
             out.write(data)
 
 
@@ -452,7 +539,7 @@ def copy_from_local(src: str, uri: str) -> None:
     fs, path = _fs(uri)
     # pyarrow creates the destination only for sub-directories: a flat directory's files
     # need ``uri`` itself to exist
-    with names_full_storage(uri):
+    with names_storage_errors(uri):
         fs.create_dir(path if os.path.isdir(src) else posixpath.dirname(path), recursive=True)
         pafs.copy_files(os.path.abspath(src), path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)

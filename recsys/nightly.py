@@ -458,7 +458,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
                 force_train: bool, log_file: str, scratch: str) -> NightlyResult:
     n = config.nightly
     conf_file = os.path.join(scratch, "config.toml")
-    with io.names_full_storage(f"{conf_file} (spark.scratch_dir)"), \
+    with io.names_storage_errors(f"{conf_file} (spark.scratch_dir)"), \
             open(conf_file, "w", encoding="utf-8") as fh:
         fh.write(dump_toml(config.replace(artifact_root=root)))
     commands = stage_commands(config.replace(artifact_root=root), conf_file, run_date, run_id)

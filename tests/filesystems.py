@@ -5,6 +5,8 @@ and from the JVM alike:
 
 - :func:`run_on_small_fs`: a small tmpfs that fills up (ENOSPC);
 - :func:`run_read_only`: a directory bind-mounted read-only over itself (EROFS);
+- :func:`run_read_only_from`: the same, from the moment a file appears (a disk remounted
+  read-only while a job runs, after its checks passed);
 - :func:`run_unprivileged`: no capabilities over the host's files, so their permission
   bits bind (EACCES) even when the tests run as root."""
 
@@ -81,15 +83,55 @@ def run_read_only(cmd: list[str], directory: Path, *, env: dict[str, str] | None
     """Run ``cmd`` with ``directory`` read-only (a read-only bind mount over itself, as a
     read-only NFS export or a remounted disk): every write under it fails with EROFS,
     for this command only."""
+    return _in_mount_namespace(_READ_ONLY, [str(directory), *cmd], directory, env, timeout)
+
+
+def _in_mount_namespace(script: str, args: list[str], directory: Path,
+                        env: dict[str, str] | None, timeout: float
+                        ) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [_unshare(), "--user", "--map-root-user", "--mount", "sh", "-c", _READ_ONLY, "sh",
-         str(directory), *cmd],
+        [_unshare(), "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *args],
         env=env if env is not None else dict(os.environ), capture_output=True, text=True,
         timeout=timeout)
     if done.returncode == 97:
-        raise RuntimeError(f"could not mount {directory} read-only (user namespaces are "
+        raise RuntimeError(f"could not bind-mount {directory} (user namespaces are "
                            f"needed): {done.stderr}")
     return done
+
+
+_READ_ONLY_FROM = """
+set -u
+dir=$1; when=$2; shift 2
+mount --bind "$dir" "$dir" || exit 97
+(
+  while ! ls -d $when >/dev/null 2>&1; do sleep 0.05; done
+  tries=0  # a remount waits while a file there is open for writing
+  until mount -o remount,bind,ro "$dir" 2>/dev/null; do
+    tries=$((tries + 1)); [ $tries -lt 400 ] || { echo "=== could not remount" >&2; exit; }
+    sleep 0.05
+  done
+  echo "=== read-only from here" >&2
+) &
+watcher=$!
+"$@"
+rc=$?
+kill $watcher 2>/dev/null
+exit $rc
+"""
+
+#: What :func:`run_read_only_from` writes to stderr when the directory became read-only.
+REMOUNTED = "=== read-only from here"
+
+
+def run_read_only_from(cmd: list[str], directory: Path, when: str, *,
+                       env: dict[str, str] | None = None, timeout: float = 600
+                       ) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with ``directory`` writable until a path matching the shell pattern
+    ``when`` exists, then read-only (remounted, as a disk with errors is): what the job
+    writes there after that fails with EROFS. Its stderr holds :data:`REMOUNTED` once the
+    directory is read-only."""
+    return _in_mount_namespace(_READ_ONLY_FROM, [str(directory), when, *cmd], directory,
+                               env, timeout)
 
 
 def run_unprivileged(cmd: list[str], *, env: dict[str, str] | None = None,

@@ -6,6 +6,7 @@ that bind (tests/filesystems.py); the jobs are the real ones."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -16,7 +17,8 @@ import pytest
 from recsys import artifacts, io
 from recsys.config import ConfigError
 from tests.conftest import REPO, SMALL
-from tests.filesystems import run_on_small_fs, run_read_only, run_unprivileged
+from tests.filesystems import (REMOUNTED, run_on_small_fs, run_read_only, run_read_only_from,
+                               run_unprivileged)
 
 
 def last_line(text: str) -> str:
@@ -150,3 +152,90 @@ def test_a_temporary_directory_mounted_noexec_is_said_before_spark(tmp_path, job
     assert "log4j" not in done.stdout + done.stderr and "started" not in done.stdout
     assert done.left == {}
     assert not (tmp_path / "logs").exists()
+
+
+MKDIRS = ("java.io.IOException: Mkdirs failed to create file:{}/preprocess/r1/movies/"
+          "_temporary/0/_temporary/attempt_2026_0058_m_000000_114 (exists=false, cwd=file:/w)")
+REFUSED_LINE = (": the filesystem refused this job there while it ran; make the place "
+                "writable for it again (or give it another artifact root) and run it again")
+
+
+def refusal_in(cmd_runner, text: str, *args) -> str:  # noqa: ANN001
+    """What storage_refused makes of ``text`` (an error as the JVM gives it), in a process
+    run by ``cmd_runner`` (which sees the filesystem as the job would)."""
+    code = ("import sys; from recsys import io; "
+            "print(io.storage_refused(RuntimeError(sys.argv[1])))")
+    done = cmd_runner([sys.executable, "-c", code, text], *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_a_refusal_is_told_from_pythons_pyarrows_and_the_jvms_errors(tmp_path, job_env):
+    # Python (the errno and the file), pyarrow (the errno, the file in its text), the JVM
+    assert io.storage_refused(PermissionError(13, "Permission denied", "/r/a")) == \
+        "permission denied at /r/a"
+    arrow = OSError(30, "[Errno 30] Failed to open local file '/r/tables/_staging/t/"
+                        "part-0.parquet'. Detail: [errno 30] Read-only file system")
+    assert io.storage_refused(arrow) == \
+        "read-only file system at /r/tables/_staging/t/part-0.parquet"
+    jvm = RuntimeError("Caused by: java.io.FileNotFoundException: /r/x/y.crc (Read-only "
+                       "file system)\n\tat java.base/java.io.FileOutputStream.open0")
+    assert io.storage_refused(jvm) == "read-only file system at /r/x/y.crc"
+    nio = RuntimeError("java.nio.file.AccessDeniedException: /r/train/x")
+    assert io.storage_refused(nio) is None  # no reason given, and not a place to look at
+    assert io.storage_refused(RuntimeError("java.nio.file.FileSystemException: /r/q: "
+                                           "Read-only file system")) == \
+        "read-only file system at /r/q"
+    assert io.storage_refused(OSError(30, "x"), writing="the model") == \
+        "read-only file system at the model"
+    # a worker's own error, which says where, comes back as text inside Spark's
+    worker = RuntimeError("PythonException: ... recsys.io.StorageRefusedError: read-only "
+                          "file system at file:///r/part-3.parquet\n")
+    assert io.storage_refused(worker) == "read-only file system at file:///r/part-3.parquet"
+    said = io.StorageRefusedError("permission denied at /r/z")
+    assert io.storage_refused(said) == str(said)
+    # not refusals: a full disk, the project's own errors, other failures
+    assert io.storage_refused(OSError(28, "No space left on device")) is None
+    assert io.storage_refused(ConfigError("cannot write under /r (Read-only file system)")) \
+        is None
+    assert io.storage_refused(ValueError("Permission denied is a film title")) is None
+    # Hadoop's "Mkdirs failed" says no reason: the place is looked at, as the job sees it
+    root = tmp_path / "art"
+    (root / "preprocess").mkdir(parents=True)
+    mkdirs = MKDIRS.format(root)
+    assert io.storage_refused(RuntimeError(mkdirs)) is None  # writable: not a refusal
+    assert refusal_in(run_read_only, mkdirs, root) == \
+        f"read-only file system at file:{root}/preprocess/r1/movies"
+    (root / "preprocess").chmod(0o555)  # the nearest directory there is
+    try:
+        assert refusal_in(run_unprivileged, mkdirs) == \
+            f"permission denied at file:{root}/preprocess/r1/movies"
+    finally:
+        (root / "preprocess").chmod(0o755)
+
+
+def test_a_root_remounted_read_only_while_training_is_said_in_one_line(small_trained, job_env,
+                                                                        tmp_path):
+    """The check before the work passed, then the disk went read-only (a remount after
+    errors): training used to end with exit 1 and pyarrow's traceback when it copied
+    the model."""
+    root = os.path.dirname(os.path.dirname(io.local_path(small_trained.run_dir)))
+    before = sorted(p for p in Path(root).rglob("*"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = run_read_only_from(
+        [sys.executable, str(REPO / "jobs/train.py"), "--artifact-root", root,
+         "--preprocess-run", small_trained.manifest["inputs"]["preprocess_run"],
+         "--set", "train.epochs=2"],
+        Path(root), f"{tmp}/recsys-train-*/tensorboard", env={**job_env, "TMPDIR": str(tmp)})
+    said = done.stdout + done.stderr
+    assert REMOUNTED in done.stderr, said[-3000:]  # during training
+    assert done.returncode == 4, said[-3000:]
+    line = last_line(done.stderr)
+    assert re.fullmatch(rf"train: artifact storage error: read-only file system at "
+                        rf"{re.escape(root)}/train/\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}"
+                        + re.escape(REFUSED_LINE), line), line
+    assert "Traceback" not in said
+    assert "could not record the failure" in said  # its record, too, was refused
+    assert sorted(p for p in Path(root).rglob("*")) == before
+    assert os.listdir(tmp) == []  # the model staged for the copy is gone

@@ -304,6 +304,7 @@ def _staging_dir(out_dir: str, spec: SyntheticSpec) -> str:
     ones that runs killed outright left there (their process gone) are removed first."""
     parent, base = os.path.split(os.path.abspath(out_dir))
     prefix = f".{base}{_PARTIAL}"
+    staging = None
     try:
         os.makedirs(parent, exist_ok=True)
         for name in os.listdir(parent):
@@ -319,8 +320,12 @@ def _staging_dir(out_dir: str, spec: SyntheticSpec) -> str:
                      f"at random (seed {spec.seed}) with {spec.users:,} users, {spec.movies:,} "
                      f"movies and {spec.ratings:,} ratings, in the ml-25m file layout.\n")
     except OSError as exc:
-        if io.storage_full(exc) is not None:
-            raise
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        full = io.storage_full(exc, writing=f"the corpus in {staging or parent}, beside "
+                                            f"--out {out_dir}")
+        if full is not None:
+            raise io.StorageFullError(full) from exc
         raise ConfigError(f"cannot write the corpus to --out {out_dir}: "
                           f"{exc.strerror or exc}") from None
     return staging
@@ -353,7 +358,7 @@ def generate(spec: SyntheticSpec, out_dir: str) -> dict[str, int]:
     _check_out_dir(out_dir)
     staging = _staging_dir(out_dir, spec)
     try:
-        with io.names_full_storage(f"the corpus in {staging}, beside --out {out_dir}"):
+        with io.names_storage_errors(f"the corpus in {staging}, beside --out {out_dir}"):
             counts = _write_corpus(spec, staging)
             _put_in_place(staging, out_dir)
     except BaseException:

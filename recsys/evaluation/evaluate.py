@@ -360,7 +360,7 @@ def run_evaluate(spark: SparkSession, config: Config, inputs: EvaluateInputs
                     "comparisons": comparisons(protocol, tops)})
         results["recall_curves"] = curves
         with manifest.timed("report"):
-            with io.names_full_storage(f"{work}, the job's temporary directory (TMPDIR)"):
+            with io.names_storage_errors(f"{work}, the job's temporary directory (TMPDIR)"):
                 plots = {"Recall@K, held-out users": os.path.join(out, "recall_at_k.png"),
                          "Popularity of recommendations": os.path.join(out, "popularity.png"),
                          "Movie embeddings": os.path.join(out, "movie_embeddings.png")}

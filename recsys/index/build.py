@@ -186,7 +186,7 @@ def run_index(config: Config, *, run_id: str | None = None,
             near, near_scores = nearest_movies(exact, emb, ids, cfg.similar_movies)
             manifest["counts"]["similar_movies"] = int(near.shape[1])
         with manifest.timed("save"):
-            with io.names_full_storage(f"{stage}, the job's temporary directory (TMPDIR)"):
+            with io.names_storage_errors(f"{stage}, the job's temporary directory (TMPDIR)"):
                 exact.save(os.path.join(stage, "out", "exact"))
                 scann.save(os.path.join(stage, "out", "scann"))
                 io.write_parquet(similar_table(ids, near, near_scores),

@@ -308,7 +308,7 @@ def run_train(config: Config, *, run_id: str | None = None,
         }
         manifest["metrics"] = metrics
         with manifest.timed("export"):
-            with io.names_full_storage(f"{stage}, the job's temporary directory (TMPDIR)"):
+            with io.names_storage_errors(f"{stage}, the job's temporary directory (TMPDIR)"):
                 _write_outputs(stage, trained, config, run_id, metrics)
             io.copy_from_local(stage, run_dir)
         artifacts.commit(root, STAGE, run_dir, manifest, config)

@@ -166,7 +166,17 @@ def claim_night(table_uri: str, run_date: str, run_id: str) -> Iterator[str]:
             io.delete(uri)
     try:
         yield uri
-    finally:
-        held = _read(uri)
-        if held and held.get("run_id") == run_id:
-            io.delete(uri)
+    except BaseException:
+        try:
+            _release(uri, run_id)
+        except OSError as also:  # never hide the run's own error behind this one
+            log.warning("could not release the claim %s (%s): the next run of the night "
+                        "takes it over, as its process is gone", uri, io.strerror(also))
+        raise
+    _release(uri, run_id)
+
+
+def _release(uri: str, run_id: str) -> None:
+    held = _read(uri)
+    if held and held.get("run_id") == run_id:
+        io.delete(uri)

@@ -79,17 +79,23 @@ class PartWriter:
         if batch.schema != self.schema:
             raise ValueError(f"batch schema {batch.schema} differs from the table's "
                              f"{self.schema}")
-        if self._writer is None:
-            self._sink = io.open_output(io.join(self.directory, self.name))
-            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy",
-                                            use_dictionary=dictionary_columns(self.schema))
-        self._writer.write_batch(batch)
+        with io.names_storage_errors(self.uri):  # pyarrow's write errors name no file
+            if self._writer is None:
+                self._sink = io.open_output(self.uri)
+                self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy",
+                                                use_dictionary=dictionary_columns(self.schema))
+            self._writer.write_batch(batch)
         self.rows += batch.num_rows
+
+    @property
+    def uri(self) -> str:
+        return io.join(self.directory, self.name)
 
     def close(self) -> tuple[str, int] | None:
         if self._writer is None:
             return None
-        self._release()
+        with io.names_storage_errors(self.uri):  # the last row group is written here
+            self._release()
         return self.name, self.rows
 
     def abort(self) -> None:

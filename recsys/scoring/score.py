@@ -312,11 +312,11 @@ def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str,
                 io.delete(directory)
             except OSError as also:
                 log.warning("could not remove the staged files %s: %s", directory, also)
-        full = io.storage_full_error(exc, writing=f"tonight's tables under {table_root} or "
-                                                  f"the run's record under {run_dir}",
-                                     spark_scratch=spark_scratch)
-        if full is not None and full is not exc and isinstance(exc, Exception):
-            raise full from exc  # the workers' errors do not say which file they were writing
+        storage = io.storage_error(exc, writing=f"tonight's tables under {table_root} or "
+                                                f"the run's record under {run_dir}",
+                                   spark_scratch=spark_scratch)
+        if storage is not None and storage is not exc and isinstance(exc, Exception):
+            raise storage from exc  # the JVM's errors do not say which file was written
         return False
 
     return unstage

@@ -192,3 +192,20 @@ def test_a_full_disk_leaves_no_corpus_cut_short_and_keeps_the_earlier_one(tmp_pa
     assert sorted(done.left) == sorted(str(fs / "c" / f) for f in ("README.txt", *FILES))
     before = (tmp_path / "before.md5").read_text()
     assert len(before.splitlines()) == 7 and (tmp_path / "after.md5").read_text() == before
+
+
+def test_a_disk_full_before_the_corpus_starts_leaves_no_staging_directory(tmp_path):
+    """Its staging directory was made, then its README could not be written: the error
+    named no place and the empty staging directory stayed."""
+    fs = tmp_path / "fs"
+    fill = "dd if=/dev/zero of=fill bs=1k count=200 2>/dev/null; true"
+    job = (f"{sys.executable} {REPO / 'jobs/make_synthetic_corpus.py'} --out c --users 100 "
+           "--movies 50 --ratings 2400; rc=$?; ls -A > ../after.txt; exit $rc")
+    done = run_on_small_fs(["sh", "-c", job], fs, "100k", prepare=fill)
+    assert done.returncode == 4, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("make_synthetic_corpus: artifact storage error: no space left on "
+                           f"device writing the corpus in {fs}/.c.partial-"), line
+    assert line.endswith(", beside --out c: free space there (or give the job a place with "
+                         "room) and run it again"), line
+    assert (tmp_path / "after.txt").read_text().split() == ["fill"]

@@ -20,11 +20,12 @@ import pytest
 
 from recsys import artifacts, io
 from tests.conftest import REPO
-from tests.filesystems import run_on_small_fs, run_read_only
+from tests.filesystems import REMOUNTED, run_on_small_fs, run_read_only, run_read_only_from
 from tests.standalone import standalone_cluster
 
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
 RUN_DATE = "2026-11-23"
+RUN_ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"
 
 
 def env() -> dict[str, str]:
@@ -296,15 +297,56 @@ def test_a_full_disk_under_the_tables_is_said_and_what_was_staged_is_removed(sco
     assert done.returncode == 4, done.stdout[-3000:]
     said = done.stdout + done.stderr  # spark-submit's Python driver writes both to stdout
     line = next(ln for ln in said.splitlines() if ln.startswith("score_all_users: "))
-    assert line.startswith(
-        f"score_all_users: artifact storage error: no space left on device writing tonight's "
-        f"tables under {fs / 'tables'} or the run's record under file://{root}/score/"), line
+    part = (rf"file://{re.escape(str(fs))}/tables/_staging/movielens_\w+/run_date=2026-11-25-"
+            rf"{RUN_ID}/part-\d{{5}}-{RUN_ID}-a\d\.parquet")  # the file a worker was writing
+    assert re.fullmatch(rf"score_all_users: artifact storage error: no space left on device "
+                        rf"writing {part}: free space there \(or give the job a place with "
+                        rf"room\) and run it again", line), line
     assert done.left == {}  # nothing staged is left, nor the night's claim
     assert (Path(root) / "score" / "LATEST").read_text() == latest
     failed = max((Path(root) / "score").glob("2*"), key=lambda p: p.name)
     manifest = json.loads((failed / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["error"].startswith(
-        "StorageFullError: no space left on device writing tonight's tables")
+    assert manifest["status"] == "failed"
+    assert re.fullmatch(f"StorageFullError: no space left on device writing {part}",
+                        manifest["error"]), manifest["error"]
+
+
+def test_tables_remounted_read_only_while_the_workers_write_are_said(scored, tmp_path):
+    """The check before the work passed, then the tables' disk went read-only (a remount
+    after errors) while the workers wrote tonight's files: the job used to end with exit
+    1 and a traceback of its own cleanup, which could not remove the night's claim, in
+    front of the workers' error. The next run of the night takes the claim over and
+    publishes."""
+    root, meta, _ = scored
+    latest = (Path(root) / "score" / "LATEST").read_text()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    own = ("--set", f"score.table_root={tables}", "--set", "score.database=remounted")
+    done = run_read_only_from(
+        score_cmd(root, meta, *own, run_date="2026-11-26"), tables,
+        f"{tables}/_staging/movielens_recommendations/run_date=*Z-*", env=env())
+    said = done.stdout + done.stderr
+    assert REMOUNTED in done.stderr, said[-3000:]
+    assert done.returncode == 4, said[-3000:]
+    line = next(ln for ln in said.splitlines() if ln.startswith("score_all_users: "))
+    assert re.fullmatch(
+        rf"score_all_users: artifact storage error: read-only file system at (file://)?"
+        rf"{re.escape(str(tables))}/_staging/movielens_\w+/run_date=2026-11-26-{RUN_ID}/"
+        rf"part-\S+\.parquet: the filesystem refused this job there while it ran; make the "
+        rf"place writable for it again \(or give it another artifact root\) and run it "
+        rf"again", line), line
+    assert "could not release the claim" in said
+    assert (Path(root) / "score" / "LATEST").read_text() == latest
+    failed = max((Path(root) / "score").glob("2*"), key=lambda p: p.name)
+    manifest = json.loads((failed / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["error"].startswith("StorageRefusedError: read-only file system at ")
+    again = score(root, meta, *own, run_date="2026-11-26")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "taking over the claim on the night 2026-11-26" in again.stdout + again.stderr
+    night = tables / "movielens_recommendations" / "run_date=2026-11-26"
+    assert pq.read_table(night).num_rows == len(histories(root))
+    assert [p for p in (tables / "_staging").rglob("*") if p.is_file()] == []
 
 
 HOLD_METASTORE = """
