@@ -239,3 +239,23 @@ def test_a_root_remounted_read_only_while_training_is_said_in_one_line(small_tra
     assert "could not record the failure" in said  # its record, too, was refused
     assert sorted(p for p in Path(root).rglob("*")) == before
     assert os.listdir(tmp) == []  # the model staged for the copy is gone
+
+
+def test_a_root_remounted_read_only_between_sparks_writes_is_said_in_one_line(tmp_path,
+                                                                               job_env):
+    """Spark's writer (Hadoop's local filesystem) says only "Mkdirs failed to create", with
+    no reason: preprocess used to end with exit 1 and Py4J's traceback of it."""
+    root = tmp_path / "art"
+    root.mkdir()
+    done = run_read_only_from(
+        [sys.executable, str(REPO / "jobs/preprocess.py"), "--conf-file",
+         str(REPO / "conf/default.toml"), "--artifact-root", str(root)],
+        root, f"{root}/preprocess/2*/splits/_SUCCESS", env=job_env)
+    said = done.stdout + done.stderr
+    assert REMOUNTED in done.stderr, said[-3000:]
+    assert done.returncode == 4, said[-3000:]
+    line = last_line(done.stderr)
+    assert re.fullmatch(rf"preprocess: artifact storage error: read-only file system at "
+                        rf"file:{re.escape(str(root))}/preprocess/\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}"
+                        rf"/movies" + re.escape(REFUSED_LINE), line), line
+    assert "Traceback" not in said
