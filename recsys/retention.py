@@ -20,7 +20,9 @@ train and index run a night (the preprocess run alone: 222 MB at ml-25m scale).
 
 The published nights of the tables are not touched: they belong to their readers. What a
 scoring run that failed left staged (``<tables>/_staging/``: a whole night of files, which
-only a later run of the *same* night would clear) goes once it is ``grace_hours`` old.
+only a later run of the *same* night would clear) goes once it is ``grace_hours`` old, and
+so does a night's claim that such a run left (one killed on another host: a run on this
+host takes over a claim whose process is gone, but cannot tell for another host's).
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ from typing import Callable
 from recsys import artifacts, io
 from recsys.nightly import STAGES
 from recsys.publish import side_dir
+from recsys.publish.claim import read_claim
 
 SUMMARIES = "nightly"
 _ID = r"\d{8}T\d{6}Z-[0-9a-f]{6}"  # artifacts.new_run_id's form
 RUN_ID = re.compile(rf"^{_ID}$")
 _LOG = re.compile(rf"^nightly-({_ID})\.log$")
 _STAGED = re.compile(rf"^run_date=\d{{4}}-\d{{2}}-\d{{2}}-({_ID})$")
+#: A night's claim (its run id inside), and one a run killed while creating it left.
+_CLAIM = re.compile(r"^run_date=\d{4}-\d{2}-\d{2}\.claim$")
+_CLAIM_TMP = re.compile(rf"^run_date=\d{{4}}-\d{{2}}-\d{{2}}\.claim\.({_ID})\.[0-9a-f]+\.tmp$")
 
 
 @dataclass
@@ -122,16 +128,26 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
 
 def _stale_staging(table_root: str, started_before: str) -> list[str]:
     """``<tables>/_staging/<table>/run_date=<date>-<run_id>`` of runs started before the
-    grace. The tables are those with a staging directory: a table's first night that
-    failed staged files for a table directory that does not exist yet."""
+    grace, and the claims on a night (``run_date=<date>.claim``) such runs left: a run
+    killed on another host, whose claim no later run can tell is abandoned. The tables are
+    those with a staging directory: a table's first night that failed staged files for a
+    table directory that does not exist yet. A claim that cannot be read stays (its run
+    is not known)."""
     out = []
     for table in io.list_dir(io.join(table_root, "_staging")):
         staging = side_dir(io.join(table_root, table), "staging")
         for name in io.list_dir(staging):
-            run = _STAGED.match(name)
-            if run and run.group(1) < started_before:
-                out.append(io.join(staging, name))
+            uri = io.join(staging, name)
+            run = _STAGED.match(name) or _CLAIM_TMP.match(name)
+            run_id = run.group(1) if run else _claimed_by(uri) if _CLAIM.match(name) else ""
+            if RUN_ID.match(run_id) and run_id < started_before:
+                out.append(uri)
     return out
+
+
+def _claimed_by(uri: str) -> str:
+    owner = read_claim(uri)
+    return str(owner.get("run_id", "")) if owner else ""
 
 
 def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str = "",

@@ -4,6 +4,7 @@ the local filesystem; the nightly's own pruning is tested in tests/pipeline."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 
 from recsys import artifacts, io
 from recsys.config import Config
+from recsys.publish import claim
+from recsys.publish.claim import claim_uri
 from recsys.retention import prune, runs_in_use
 from tests.conftest import REPO
 from tests.filesystems import run_unprivileged
@@ -134,6 +137,29 @@ def test_an_incomplete_run_started_within_the_grace_period_is_left_alone(tmp_pat
     assert kept.removed == [path(root, "train", rid(20))]
     gone = prune(root, 1, now=NOW, grace_hours=1)
     assert gone.removed == [path(root, "train", rid(30, 10))]
+
+
+def test_a_claim_left_by_a_run_killed_on_another_host_goes_once_the_run_is_a_day_old(tmp_path):
+    """A run on this host takes over a claim whose process is gone; another host's claim
+    used to stay for ever, and stop a later run of that night."""
+    root = str(tmp_path / "artifacts")
+    make_run(root, "score", rid(20))
+    table = io.join(root, "tables", "movielens_recommendations")
+    claims = {}
+    for night, run in (("2026-11-22", rid(22)), ("2026-11-30", rid(30, 11))):
+        claims[night] = claim_uri(table, night)
+        owner = {**claim._owner(run), "host": "another-host"}
+        io.write_text(claims[night], json.dumps(owner))
+    unreadable = claim_uri(table, "2026-11-23")
+    io.write_text(unreadable, "{not json")  # whose run is not known: stays
+    killed = f"{claim_uri(table, '2026-11-24')}.{rid(24)}.0a1b2c.tmp"  # killed while claiming
+    io.write_text(killed, "{}")
+    assert claim.read_claim(claims["2026-11-22"])["host"] == "another-host"
+    done = prune(root, 1, now=NOW)
+    assert done.removed == sorted([claims["2026-11-22"], killed])
+    staging = Path(io.local_path(root)) / "tables" / "_staging" / "movielens_recommendations"
+    assert sorted(p.name for p in staging.iterdir()) == [
+        "run_date=2026-11-23.claim", "run_date=2026-11-30.claim"]  # an hour old: may run
 
 
 def test_a_stopped_pruning_removes_whole_runs_up_to_the_stop_and_says_how_many_are_left(history):

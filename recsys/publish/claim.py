@@ -10,7 +10,8 @@ its run ends, whether it succeeded or failed.
 
 A run killed outright (SIGKILL, a lost machine) cannot remove its claim. On the same
 host the next run sees that the process is gone (its id no longer runs, or runs a later
-process) and takes the claim over; a claim from another host names the file to remove.
+process) and takes the claim over; a claim from another host names the file to remove,
+and the nightly's retention removes it once its run is a day old (``retention``).
 
 The claim is created atomically: a hard link on a local filesystem (an exclusive create
 where the filesystem has no links), a rename on HDFS; each fails when the claim exists.
@@ -59,7 +60,7 @@ def _owner(run_id: str) -> dict[str, Any]:
             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _read(uri: str) -> dict[str, Any] | None:
+def read_claim(uri: str) -> dict[str, Any] | None:
     """The claim's owner; None when the claim is gone; ``{}`` when it cannot be read."""
     if not io.exists(uri):
         return None
@@ -111,7 +112,7 @@ def _create(uri: str, owner: dict[str, Any]) -> bool:
             if io.exists(uri):
                 return False
             raise
-        return (_read(uri) or {}).get("run_id") == owner["run_id"]
+        return (read_claim(uri) or {}).get("run_id") == owner["run_id"]
     finally:
         if io.exists(tmp):
             io.delete(tmp)
@@ -154,7 +155,7 @@ def claim_night(table_uri: str, run_date: str, run_id: str) -> Iterator[str]:
     uri = claim_uri(table_uri, run_date)
     owner = _owner(run_id)
     while not _create(uri, owner):
-        held = _read(uri)
+        held = read_claim(uri)
         if held is None:
             continue  # released between the two looks
         if not _stale(held):
@@ -162,7 +163,7 @@ def claim_night(table_uri: str, run_date: str, run_id: str) -> Iterator[str]:
         log.warning("taking over the claim on the night %s from run %s: its process %s "
                     "on this host is no longer running", run_date, held.get("run_id"),
                     held.get("pid"))
-        if _read(uri) == held:
+        if read_claim(uri) == held:
             io.delete(uri)
     try:
         yield uri
@@ -177,6 +178,6 @@ def claim_night(table_uri: str, run_date: str, run_id: str) -> Iterator[str]:
 
 
 def _release(uri: str, run_id: str) -> None:
-    held = _read(uri)
+    held = read_claim(uri)
     if held and held.get("run_id") == run_id:
         io.delete(uri)
