@@ -144,10 +144,10 @@ def storage_refused(exc: BaseException, *, writing: str | None = None) -> str | 
     """Why ``exc`` failed, when it (or an error it was raised from or while handling,
     unless raised ``from None``) is the filesystem refusing the job: e.g. "read-only file
     system at <place>", the place as the error names it (Spark's task directories cut
-    off), else ``writing``; an error known only by its text must name a file. Hadoop's "Mkdirs failed to create" gives no reason: a local
-    place is then looked at (read-only, or not writable for this process). ``None`` for
-    any other failure, and for the project's own errors, which say what happened
-    themselves."""
+    off), else ``writing``; an error known only by its text must name a file. Hadoop's
+    "Mkdirs failed to create" gives no reason: a local place is then looked at (read-only,
+    or not writable for this process). ``None`` for any other failure, and for the
+    project's own errors, which say what happened themselves."""
     for e, text in error_chain(exc, include=_not_the_projects):
         if isinstance(e, StorageRefusedError):
             return str(e)

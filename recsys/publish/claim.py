@@ -133,7 +133,8 @@ def _busy(uri: str, run_date: str, owner: dict[str, Any]) -> NightClaimedError:
             "(two runs of one night would each clear the other's staged files)")
     return NightClaimedError(
         f"the night {run_date} is being published by {what}: wait for it to finish; if "
-        f"that run is no longer running, remove {uri} and run again")
+        f"that run is no longer running, remove {uri} and run again (the nightly's "
+        "retention removes it once that run is a day old)")
 
 
 def _stale(owner: dict[str, Any]) -> bool:

@@ -102,7 +102,8 @@ def test_a_claim_from_another_host_or_unreadable_is_refused_with_the_file_to_rem
         f"the night {NIGHT} is being published by run r1 (process "
         f"{json.loads(io.read_text(uri))['pid']} on host worker-7.example, since "
         f"2026-11-23T02:15): wait for it to finish; if that run is no longer running, "
-        f"remove {uri} and run again")
+        f"remove {uri} and run again (the nightly's retention removes it once that run is "
+        "a day old)")
     assert owner_of(tmp_path)["run_id"] == "r1"
     write_claim(tmp_path, "{not json")
     with pytest.raises(NightClaimedError, match=r"cannot be read: if no scoring run of that "
