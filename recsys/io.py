@@ -162,7 +162,7 @@ def storage_refused(exc: BaseException, *, writing: str | None = None) -> str | 
             continue
         if place is None and (m := _REFUSED_PLACE.search(text)) is not None:
             place = next(g for g in m.groups() if g)
-        elif place is None and not isinstance(e, OSError):
+        if place is None and not isinstance(e, OSError):
             continue  # words in a text, with no file: not enough to say it
         if place is not None:
             place = os.fspath(place).split("/_temporary/")[0]  # a Spark task's attempt
@@ -179,17 +179,24 @@ def _refusal(place: str) -> str | None:
     filesystem is mounted read-only, or this process may not write its nearest existing
     directory; None when it can (or the place is not local)."""
     try:
-        path = local_path(place)
+        path = existing_ancestor(local_path(place))
     except ArtifactIOError:
         return None
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
     try:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             return os.strerror(errno.EROFS)
     except OSError:
         return None
     return None if os.access(path, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+
+
+def existing_ancestor(path: str) -> str:
+    """``path`` (made absolute) if it exists, else its nearest directory above that does:
+    a place not made yet will be on that one's filesystem."""
+    at = os.path.abspath(path)
+    while not os.path.exists(at) and os.path.dirname(at) != at:
+        at = os.path.dirname(at)
+    return at
 
 
 def _lower(reason: str) -> str:

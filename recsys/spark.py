@@ -232,11 +232,8 @@ def check_exec(directory: str) -> None:
     lz4 native libraries there and maps them; on a filesystem mounted ``noexec`` (a
     hardened ``/tmp``) every Spark stage would fail at its first compressed write, with
     an UnsatisfiedLinkError ("failed to map segment from shared object")."""
-    at = os.path.abspath(directory)
-    while not os.path.exists(at) and os.path.dirname(at) != at:  # not made yet: its disk
-        at = os.path.dirname(at)
-    try:
-        noexec = bool(os.statvfs(at).f_flag & os.ST_NOEXEC)
+    try:  # a directory not made yet: the filesystem it will be made on
+        noexec = bool(os.statvfs(io.existing_ancestor(directory)).f_flag & os.ST_NOEXEC)
     except (OSError, AttributeError):  # no such flag on this system
         return
     if noexec:
