@@ -421,8 +421,13 @@ class EvaluateConfig:
 class NightlyConfig:
     """The cron pipeline (DESIGN §4.7): preprocess -> train -> index -> score -> evaluate."""
 
-    #: Train only when the latest model is older than this (hours); 0 = train every night.
+    #: Train only when the latest model is older than this (hours, counted from the start
+    #: of its training, less an hour of slack: recsys.nightly.train_skip); 0 = train every
+    #: night.
     max_model_age_hours: float = 24.0
+    #: Train anyway, however young the model, when tonight's catalog has movies it has no
+    #: embedding for, or lacks movies it has: false leaves them until the next training.
+    retrain_on_catalog_change: bool = True
     #: Run the offline evaluation (stage 6) after publishing.
     evaluate: bool = True
     #: One log file per run is written here (local directory).

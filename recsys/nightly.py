@@ -11,8 +11,10 @@
   ``nightly.class_archive`` names one, a class-data sharing archive
   (:func:`class_archive_flags`). Every stage gets the nightly's resolved configuration as a
   TOML file, so ``--set`` overrides reach all of them. Training is skipped while the
-  latest model is younger than ``nightly.max_model_age_hours`` (``--force-train``
-  trains anyway); the index is rebuilt only for a new model.
+  latest model is younger than ``nightly.max_model_age_hours`` (counted from the start
+  of its training, with an hour's slack) and tonight's catalog is the one it embeds
+  (:func:`train_skip`; ``--force-train`` trains anyway); the index is rebuilt only for
+  a new model.
 * **Exit codes.** 0 ok; :data:`EXIT_LOCKED` another run holds the lock; ``10 + n`` stage
   ``n`` failed (11 preprocess, 12 train, 13 index, 14 score, 15 evaluate) — the stage's
   own exit code (2 config, 3 input data, 4 artifact, 5 catalog, 6 Spark did not start,
@@ -156,32 +158,102 @@ def _made_for_latest_model(root: str, stage: str) -> tuple[str, str] | None:
 
 
 def model_age_hours(root: str) -> float | None:
-    """Hours since the latest completed train run finished; None when there is none."""
+    """Hours since the latest completed train run *started*; None when there is none.
+
+    Counted from the start, not the end: a model trained at 02:20 after a 25-minute
+    training run is 24 h old at 02:20 the next night, when the next nightly reaches its
+    train stage; counted from 02:45 it would be 23.6 h old, and a daily nightly with
+    ``max_model_age_hours = 24`` would retrain every other night only. (Runs written
+    before manifests had ``started_at`` are counted from ``finished_at``.)"""
     manifest = _latest(root, "train")
-    if manifest is None or "finished_at" not in manifest:
+    stamp = manifest and (manifest.get("started_at") or manifest.get("finished_at"))
+    if not stamp:
         return None
-    finished = dt.datetime.fromisoformat(manifest["finished_at"])
-    return (dt.datetime.now(dt.timezone.utc) - finished).total_seconds() / 3600
+    started = dt.datetime.fromisoformat(stamp)
+    return (dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 3600
 
 
-#: How far in the future a model may have finished by this machine's clock and still be
+#: How far in the future a model may have started by this machine's clock and still be
 #: taken as new: clocks of two machines (or one set by NTP) disagree by seconds.
 CLOCK_SLACK_HOURS = 0.05
 
 
-def train_skip(root: str, max_age_hours: float) -> tuple[str, str]:
-    """(why tonight's training is skipped, or ""; a note for the log, or ""). A model
-    that finished in the future by this machine's clock has no age that can be trusted
-    (the clock was set back, or the run came from a machine whose clock was ahead): it
-    is retrained rather than kept until the clock catches up, months later perhaps."""
+def age_slack_hours(max_age_hours: float) -> float:
+    """How much younger than ``max_age_hours`` a model may be and still be retrained: one
+    hour (a tenth of the age for ages under 10 h). A nightly that starts at the same time
+    each day does not reach its train stage at the same second: cron starts it a few
+    seconds late or early, and preprocessing takes a little more or less time than the
+    night before. Without the slack, a model trained 23 h 59 min ago is kept by
+    ``max_model_age_hours = 24``, and a daily nightly retrains every other night."""
+    return min(1.0, max_age_hours / 10)
+
+
+def catalog_change(root: str) -> tuple[list[int], list[int]]:
+    """(movie ids of the latest preprocess run's catalog that the latest model has no
+    embedding for, movie ids the model has that the catalog no longer holds), each
+    sorted. Both empty when the model was trained on that very run."""
+    train, prep = _latest(root, "train"), _latest(root, "preprocess")
+    if train is None or prep is None:
+        return [], []
+    if train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
+        return [], []
+
+    def ids(stage: str, table: str) -> set[int]:
+        uri = io.join(artifacts.resolve(root, stage), table)
+        return set(io.read_parquet(uri, columns=["movie_id"]).column("movie_id").to_pylist())
+
+    catalog, model = ids("preprocess", "movies"), ids("train", "movie_embeddings")
+    return sorted(catalog - model), sorted(model - catalog)
+
+
+def _movies(ids: list[int]) -> str:
+    return f"{len(ids)} movie" + ("s" if len(ids) != 1 else "")
+
+
+def _some(ids: list[int], n: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:n])
+    return shown + (", ..." if len(ids) > n else "")
+
+
+def train_skip(root: str, max_age_hours: float, *,
+               retrain_on_catalog_change: bool = True) -> tuple[str, str]:
+    """(why tonight's training is skipped, or ""; a note for the log, or "").
+
+    Training is skipped while the latest model is younger than ``max_age_hours`` less
+    :func:`age_slack_hours`, unless tonight's catalog holds movies the model has no
+    embedding for (or lacks movies it has): those could never be recommended, or gone
+    movies would be, until the next training, so the model is retrained
+    (``retrain_on_catalog_change``; when off, the reason to skip says how many wait).
+    A model that started in the future by this machine's clock has no age that can be
+    trusted (the clock was set back, or the run came from a machine whose clock was
+    ahead): it is retrained rather than kept until the clock catches up, months later
+    perhaps."""
     age = model_age_hours(root)
-    if age is None or age >= max_age_hours:
+    if age is None or age >= max_age_hours - age_slack_hours(max_age_hours):
         return "", ""
     if age < -CLOCK_SLACK_HOURS:
-        return "", (f"the latest model finished {-age:.1f} h from now by this machine's "
+        return "", (f"the latest model started {-age:.1f} h from now by this machine's "
                     "clock (a clock set back since?): its age is unknown, so it is retrained")
-    return (f"latest model is {max(age, 0.0):.1f} h old (< nightly.max_model_age_hours = "
-            f"{max_age_hours:g}); --force-train to retrain"), ""
+    skip = (f"latest model is {max(age, 0.0):.1f} h old (< nightly.max_model_age_hours = "
+            f"{max_age_hours:g}); --force-train to retrain")
+    try:
+        new, gone = catalog_change(root)
+    except (OSError, ValueError, artifacts.ArtifactError) as exc:
+        return "", (f"could not compare tonight's catalog with the latest model's ({exc}): "
+                    "it is retrained")
+    if not (new or gone):
+        return skip, ""
+    change = []
+    if new:
+        change.append(f"has {_movies(new)} the latest model has no embedding for "
+                      f"({_some(new)})")
+    if gone:
+        change.append(f"lacks {_movies(gone)} of the latest model's ({_some(gone)})")
+    said = "tonight's catalog " + " and ".join(change)
+    if retrain_on_catalog_change:
+        return "", f"{said}: the model is retrained"
+    return (f"{skip}; {said}, and stays so until the next training "
+            "(nightly.retrain_on_catalog_change = false)"), ""
 
 
 class Runner:
@@ -475,10 +547,11 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         if exit_code:
             results.append(StageResult(stage, "not run"))
             continue
-        skip = ""
+        skip = note = ""
         if stage == "train" and not force_train and n.max_model_age_hours > 0:
-            skip, note = train_skip(root, n.max_model_age_hours)
-            if note:
+            skip, note = train_skip(root, n.max_model_age_hours,
+                                    retrain_on_catalog_change=n.retrain_on_catalog_change)
+            if note:  # why a young model is retrained: in the log and the summary
                 runner.note(f"train: {note}")
         if stage == "index" and (made := _made_for_latest_model(root, stage)):
             skip = f"index {made[1]} is built for model {made[0]}"
@@ -513,7 +586,8 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             exit_code = EXIT_STAGE_BASE + number
             continue
         run, details = _details(root, stage)
-        results.append(StageResult(stage, "ok", wall, 0, run_id=run, details=details))
+        results.append(StageResult(stage, "ok", wall, 0, run_id=run, reason=note,
+                                   details=details))
         runner.note(f"{stage}: ok in {wall:.1f} s (run {run})")
     for stage in STAGES[len(results):]:
         results.append(StageResult(stage, "not run"))

@@ -327,6 +327,41 @@ def test_killed_while_scoring_the_published_nights_stay_and_the_next_run_complet
     assert pq.read_table(night(base, "2026-11-21")).num_rows == 610
 
 
+def _without_movies(source: Path, target: Path, movies: set[str]) -> None:
+    """A copy of the release ``source`` without ``movies`` (raw ids) and their rows."""
+    target.mkdir()
+    for name, field in (("movies.csv", 0), ("links.csv", 0), ("ratings.csv", 1),
+                        ("tags.csv", 1)):
+        lines = (source / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (target / name).write_text(
+            "".join(lines[:1] + [x for x in lines[1:] if x.split(",")[field] not in movies]),
+            encoding="utf-8")
+    (target / "README.txt").write_text((source / "README.txt").read_text(encoding="utf-8"))
+
+
+def test_a_young_model_is_retrained_when_the_catalog_changed(first_night, tmp_path):
+    """A young model was kept night after night when the release changed under it: its
+    index holds the catalog it was trained on, so movies gone from the release were still
+    recommended (and new ones never were) until the model aged out."""
+    base, _ = first_night
+    gone = [line.split(",")[0] for line in
+            (SMALL / "movies.csv").read_text(encoding="utf-8").splitlines()[-20:]]
+    _without_movies(SMALL, tmp_path / "release", set(gone))
+    done = subprocess.run(args(base, "2026-11-23", *LATER, source=tmp_path / "release"),
+                          env=env(), capture_output=True, text=True, timeout=1200, cwd=base)
+    assert done.returncode == 0, done.stdout[-4000:]
+    stages = {st["name"]: st for st in summary(base)["stages"]}
+    shown = ", ".join(gone[:5])
+    why = (f"tonight's catalog lacks 20 movies of the latest model's ({shown}, ...): the "
+           "model is retrained")
+    assert (stages["train"]["status"], stages["train"]["reason"]) == ("ok", why)
+    assert f"train: {why}" in done.stdout
+    assert stages["index"]["status"] == "ok" and stages["score"]["status"] == "ok"
+    recommended = pq.read_table(night(base, "2026-11-23")).column("recommendations")
+    movies = {r["movie_id"] for row in recommended.to_pylist() for r in row}
+    assert len(movies) > 100 and not movies & {int(m) for m in gone}
+
+
 def test_the_score_stage_writes_the_class_archive_once_then_maps_it(tmp_path):
     from recsys.config import Config, NightlyConfig
     from recsys.nightly import stage_commands
@@ -372,38 +407,131 @@ def test_the_spark_stages_run_on_the_users_master_given_either_way():
     assert masters("--master=yarn") == ("yarn", [["--master=yarn"]] * 2)
 
 
-def test_a_model_from_the_future_is_retrained_not_kept_until_the_clock_catches_up(tmp_path):
-    """A model that finished later than now by this machine's clock (the clock set back,
-    a run from a machine whose clock was ahead) was skipped night after night: "latest
-    model is -2160.0 h old"."""
-    import datetime as dt
+def _run(root: str, stage: str, run_id: str, movies: list[int], *, table: str,
+         **manifest_fields) -> str:
+    """A committed run of ``stage`` whose ``table`` holds ``movie_id`` ``movies``."""
+    import pyarrow as pa
 
     from recsys import artifacts
     from recsys.config import Config
+
+    run_dir = os.path.join(root, stage, run_id)
+    os.makedirs(os.path.join(run_dir, table))
+    pq.write_table(pa.table({"movie_id": pa.array(movies, pa.int32())}),
+                   os.path.join(run_dir, table, "part-00000.parquet"))
+    manifest = artifacts.Manifest(stage, run_id, Config())
+    for key, value in manifest_fields.items():
+        manifest[key] = value
+    artifacts.commit(root, stage, run_dir, manifest, Config())
+    return run_dir
+
+
+def _model(root: str, movies: list[int], *, trained_on: str = "p1", run_id: str = "t1") -> str:
+    return _run(root, "train", run_id, movies, table="movie_embeddings",
+                inputs={"preprocess_run": trained_on})
+
+
+def _set_times(run_dir: str, *, started_h_ago: float, finished_h_ago: float | None = None) -> None:
+    import datetime as dt
+
+    from recsys import artifacts
+
+    now = dt.datetime.now(dt.timezone.utc)
+    manifest = artifacts.read_manifest(run_dir)
+    manifest["started_at"] = (now - dt.timedelta(hours=started_h_ago)).isoformat()
+    if finished_h_ago is not None:
+        manifest["finished_at"] = (now - dt.timedelta(hours=finished_h_ago)).isoformat()
+    io.write_text(io.join(run_dir, artifacts.MANIFEST), json.dumps(manifest))
+
+
+def test_a_model_from_the_future_is_retrained_not_kept_until_the_clock_catches_up(tmp_path):
+    """A model that started later than now by this machine's clock (the clock set back,
+    a run from a machine whose clock was ahead) was skipped night after night: "latest
+    model is -2160.0 h old"."""
     from recsys.nightly import train_skip
 
     root = str(tmp_path / "art")
-    run_dir = artifacts.stage_dir(root, "train", "r1")
-    io.write_text(io.join(run_dir, "model.bin"), "x")
-    artifacts.commit(root, "train", run_dir, artifacts.Manifest("train", "r1", Config()),
-                     Config())
-
-    def finished(hours_ago: float) -> None:
-        manifest = artifacts.read_manifest(run_dir)
-        manifest["finished_at"] = (dt.datetime.now(dt.timezone.utc)
-                                   - dt.timedelta(hours=hours_ago)).isoformat()
-        io.write_text(io.join(run_dir, artifacts.MANIFEST), json.dumps(manifest))
-
-    finished(2)
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies")
+    run_dir = _model(root, [1, 2, 3])
+    _set_times(run_dir, started_h_ago=2)
     skip, note = train_skip(root, 24)
     assert skip.startswith("latest model is 2.0 h old (< nightly.max_model_age_hours = 24)")
     assert note == ""
-    finished(30)
+    _set_times(run_dir, started_h_ago=30)
     assert train_skip(root, 24) == ("", "")
-    finished(-24 * 90)  # ninety days ahead
+    _set_times(run_dir, started_h_ago=-24 * 90)  # ninety days ahead
     skip, note = train_skip(root, 24)
     assert skip == "" and note == (
-        "the latest model finished 2160.0 h from now by this machine's clock (a clock set "
+        "the latest model started 2160.0 h from now by this machine's clock (a clock set "
         "back since?): its age is unknown, so it is retrained")
-    finished(-0.01)  # seconds ahead: two clocks that disagree a little
+    _set_times(run_dir, started_h_ago=-0.01)  # seconds ahead: two clocks that disagree a little
     assert train_skip(root, 24)[0].startswith("latest model is 0.0 h old")
+
+
+def test_a_daily_nightly_retrains_a_model_trained_the_night_before(tmp_path):
+    """With ``max_model_age_hours = 24`` a nightly that cron starts at the same time each
+    day kept last night's model and retrained every other night only: the model's age
+    was counted from when its training *finished*, 25 minutes into a full-scale training,
+    so at tonight's train stage it was 23.6 h old. It is now counted from the start, less
+    an hour's slack for a nightly that reaches its train stage a little earlier than the
+    night before (cron's start, a faster preprocess)."""
+    from recsys.nightly import age_slack_hours, train_skip
+
+    root = str(tmp_path / "art")
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies")
+    run_dir = _model(root, [1, 2, 3])
+    # last night's model: training started 24 h ago and took 25 minutes
+    _set_times(run_dir, started_h_ago=24.0, finished_h_ago=24.0 - 25 / 60)
+    assert train_skip(root, 24) == ("", "")
+    # tonight's preprocessing was two minutes faster than last night's
+    _set_times(run_dir, started_h_ago=24.0 - 2 / 60, finished_h_ago=23.5)
+    assert train_skip(root, 24) == ("", "")
+    # a rerun later the same night keeps the model
+    _set_times(run_dir, started_h_ago=3, finished_h_ago=2.6)
+    assert train_skip(root, 24)[0].startswith("latest model is 3.0 h old")
+    # weekly retraining with a daily nightly: the seventh night retrains, not the eighth
+    _set_times(run_dir, started_h_ago=24 * 7 - 0.2, finished_h_ago=24 * 7 - 0.6)
+    assert train_skip(root, 24 * 7) == ("", "")
+    _set_times(run_dir, started_h_ago=24 * 6 - 0.2)
+    assert train_skip(root, 24 * 7)[0].startswith("latest model is 143.8 h old")
+    # the slack is an hour, a tenth of the age for short ones
+    assert [age_slack_hours(h) for h in (24, 168, 6, 1)] == [1.0, 1.0, 0.6, 0.1]
+    _set_times(run_dir, started_h_ago=0.8)
+    assert train_skip(root, 1)[0].startswith("latest model is 0.8 h old")
+    _set_times(run_dir, started_h_ago=0.95)
+    assert train_skip(root, 1) == ("", "")
+
+
+def test_a_young_model_is_retrained_when_tonights_catalog_has_movies_it_cannot_embed(tmp_path):
+    """A young model was kept when tonight's catalog had new movies: the index holds the
+    movies of the catalog the model was trained on, so the new ones could never be
+    recommended until the next training (or movies gone from the catalog still were)."""
+    from recsys.nightly import train_skip
+
+    root = str(tmp_path / "art")
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies")
+    run_dir = _model(root, [1, 2, 3], trained_on="p1")
+    _set_times(run_dir, started_h_ago=2)
+    assert train_skip(root, 24)[0].startswith("latest model is 2.0 h old")  # same catalog
+    _run(root, "preprocess", "p2", [1, 2, 3], table="movies")  # a new run, the same movies
+    assert train_skip(root, 24)[0].startswith("latest model is 2.0 h old")
+    _run(root, "preprocess", "p3", [1, 2, 3, *range(10, 17)], table="movies")
+    assert train_skip(root, 24) == ("", (
+        "tonight's catalog has 7 movies the latest model has no embedding for "
+        "(10, 11, 12, 13, 14, ...): the model is retrained"))
+    skip, note = train_skip(root, 24, retrain_on_catalog_change=False)
+    assert note == "" and skip == (
+        "latest model is 2.0 h old (< nightly.max_model_age_hours = 24); --force-train to "
+        "retrain; tonight's catalog has 7 movies the latest model has no embedding for "
+        "(10, 11, 12, 13, 14, ...), and stays so until the next training "
+        "(nightly.retrain_on_catalog_change = false)")
+    _run(root, "preprocess", "p4", [1, 3, 4], table="movies")
+    assert train_skip(root, 24)[1] == (
+        "tonight's catalog has 1 movie the latest model has no embedding for (4) and lacks "
+        "1 movie of the latest model's (2): the model is retrained")
+    # a model whose embeddings cannot be read is retrained, saying why
+    os.remove(os.path.join(run_dir, "movie_embeddings", "part-00000.parquet"))
+    skip, note = train_skip(root, 24)
+    assert skip == "" and note.startswith("could not compare tonight's catalog with the "
+                                          "latest model's (") and note.endswith(
+        "): it is retrained")
