@@ -32,6 +32,8 @@ setup(
         "pyarrow>=15",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        # tomllib is in the standard library from Python 3.11
+        "tomli>=2; python_version < '3.11'",
     ],
     extras_require={
         "test": ["pytest>=8"],

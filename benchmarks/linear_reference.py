@@ -38,7 +38,10 @@ import json
 import os
 import sys
 import time
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from measure import REPO, machine
 

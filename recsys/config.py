@@ -22,11 +22,15 @@ import logging
 import math
 import re
 import shlex
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (setup.py installs it)
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
