@@ -1,7 +1,10 @@
 # movielens-recs: `make run` sets up and runs the pipeline on the embedded corpus;
 # `make test` sets up and runs the test suite. Only a JDK (17+) must be installed by hand.
 
-PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+# Python 3.10-3.13 (each checked with `make run` and the tests, BENCHMARKS.md session 28);
+# another one: make PYTHON_BIN=/path/to/python3.12 run
+PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 \
+                || command -v python3.10 || command -v python3)
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
@@ -57,7 +60,11 @@ check-java:
 	  exit 1; fi
 
 $(STAMP): setup.py
-	@test -n "$(PYTHON_BIN)" || { echo "ERROR: no python3 found (3.10-3.12 needed)"; exit 1; }
+	@test -n "$(PYTHON_BIN)" || { echo "ERROR: no python3 found (3.10-3.13 needed)"; exit 1; }
+	@command -v "$(PYTHON_BIN)" >/dev/null || { echo "ERROR: PYTHON_BIN=$(PYTHON_BIN) not found"; exit 1; }
+	@$(PYTHON_BIN) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' || { \
+	  echo "ERROR: $(PYTHON_BIN) is Python $$($(PYTHON_BIN) -c 'import platform; print(platform.python_version())'); 3.10-3.13 needed:"; \
+	  echo "  make PYTHON_BIN=/path/to/python3.12 $(MAKECMDGOALS)"; exit 1; }
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[test]"

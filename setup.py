@@ -15,7 +15,7 @@ setup(
     ),
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.10,<3.14",
     packages=find_packages(include=["recsys", "recsys.*"]),
     include_package_data=True,
     package_data={"recsys": ["py.typed"]},
