@@ -38,10 +38,6 @@ import json
 import os
 import sys
 import time
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from measure import REPO, machine
 
@@ -218,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     sys.path.insert(0, str(REPO))
-    from recsys import artifacts, io
+    from recsys import artifacts
     from recsys.config import config_from_dict
     from recsys.evaluation.protocols import (TEST, VALIDATION, held_out_users, load_corpus,
                                              random_split, temporal)
@@ -239,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         (temporal_protocol, {"temporal_hr@10": "hr@10"})])}
     if args.random_split:
         # As jobs/evaluate.py retrains the two-tower model: on the random split's 80%.
-        preprocess_config = tomllib.loads(io.read_text(io.join(pre, artifacts.CONFIG)))
-        split = random_split(corpus, seed=config_from_dict(preprocess_config).split.seed)
+        preprocess_config = config_from_dict(artifacts.read_manifest(pre)["config"])
+        split = random_split(corpus, seed=preprocess_config.split.seed)
         runs["random_split"] = (split.fit, [validation, (split, {
             "random_top10_accuracy": "top10_accuracy",
             "random_top100_accuracy": "top100_accuracy"})])

@@ -157,16 +157,15 @@ def _made_for_latest_model(root: str, stage: str) -> tuple[str, str] | None:
     return None
 
 
-def model_age_hours(root: str) -> float | None:
-    """Hours since the latest completed train run *started*; None when there is none.
+def model_age_hours(train: dict[str, Any] | None) -> float | None:
+    """Hours since the train run of manifest ``train`` *started*; None without one.
 
     Counted from the start, not the end: a model trained at 02:20 after a 25-minute
     training run is 24 h old at 02:20 the next night, when the next nightly reaches its
     train stage; counted from 02:45 it would be 23.6 h old, and a daily nightly with
     ``max_model_age_hours = 24`` would retrain every other night only. (Runs written
     before manifests had ``started_at`` are counted from ``finished_at``.)"""
-    manifest = _latest(root, "train")
-    stamp = manifest and (manifest.get("started_at") or manifest.get("finished_at"))
+    stamp = train and (train.get("started_at") or train.get("finished_at"))
     if not stamp:
         return None
     started = dt.datetime.fromisoformat(stamp)
@@ -188,21 +187,20 @@ def age_slack_hours(max_age_hours: float) -> float:
     return min(1.0, max_age_hours / 10)
 
 
-def catalog_change(root: str) -> tuple[list[int], list[int]]:
-    """(movie ids of the latest preprocess run's catalog that the latest model has no
-    embedding for, movie ids the model has that the catalog no longer holds), each
-    sorted. Both empty when the model was trained on that very run."""
-    train, prep = _latest(root, "train"), _latest(root, "preprocess")
-    if train is None or prep is None:
-        return [], []
-    if train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
+def catalog_change(root: str, train: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(movie ids of the latest preprocess run's catalog that the model of the train run
+    ``train`` (its manifest) has no embedding for, movie ids the model has that the
+    catalog no longer holds), each sorted. Both empty when the model was trained on that
+    very run."""
+    prep = _latest(root, "preprocess")
+    if prep is None or train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
         return [], []
 
-    def ids(stage: str, table: str) -> set[int]:
-        uri = io.join(artifacts.resolve(root, stage), table)
+    def ids(manifest: dict[str, Any], table: str) -> set[int]:
+        uri = io.join(artifacts.stage_dir(root, manifest["stage"], manifest["run_id"]), table)
         return set(io.read_parquet(uri, columns=["movie_id"]).column("movie_id").to_pylist())
 
-    catalog, model = ids("preprocess", "movies"), ids("train", "movie_embeddings")
+    catalog, model = ids(prep, "movies"), ids(train, "movie_embeddings")
     return sorted(catalog - model), sorted(model - catalog)
 
 
@@ -228,8 +226,9 @@ def train_skip(root: str, max_age_hours: float, *,
     trusted (the clock was set back, or the run came from a machine whose clock was
     ahead): it is retrained rather than kept until the clock catches up, months later
     perhaps."""
-    age = model_age_hours(root)
-    if age is None or age >= max_age_hours - age_slack_hours(max_age_hours):
+    train = _latest(root, "train")
+    age = model_age_hours(train)
+    if train is None or age is None or age >= max_age_hours - age_slack_hours(max_age_hours):
         return "", ""
     if age < -CLOCK_SLACK_HOURS:
         return "", (f"the latest model started {-age:.1f} h from now by this machine's "
@@ -237,7 +236,7 @@ def train_skip(root: str, max_age_hours: float, *,
     skip = (f"latest model is {max(age, 0.0):.1f} h old (< nightly.max_model_age_hours = "
             f"{max_age_hours:g}); --force-train to retrain")
     try:
-        new, gone = catalog_change(root)
+        new, gone = catalog_change(root, train)
     except (OSError, ValueError, artifacts.ArtifactError) as exc:
         return "", (f"could not compare tonight's catalog with the latest model's ({exc}): "
                     "it is retrained")
