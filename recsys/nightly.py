@@ -204,6 +204,22 @@ def catalog_change(root: str, train: dict[str, Any]) -> tuple[list[int], list[in
     return sorted(catalog - model), sorted(model - catalog)
 
 
+def users_without_embedding(root: str, train: dict[str, Any]) -> list[int]:
+    """The user ids of the latest preprocess run that the model of the train run
+    ``train`` (its manifest) cannot embed, sorted: only an ``mf`` model has any (a history
+    model embeds every user from their history), and none when it was trained on that
+    very run. Scoring refuses such a model (exit 4) rather than give those users one
+    untrained embedding."""
+    from recsys.model.serving import users_without_embedding as unknown
+
+    prep = _latest(root, "preprocess")
+    if prep is None or train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
+        return []
+    return unknown(artifacts.stage_dir(root, "train", train["run_id"]),
+                   io.join(artifacts.stage_dir(root, "preprocess", prep["run_id"]),
+                           "histories")).tolist()
+
+
 def _movies(ids: list[int]) -> str:
     return f"{len(ids)} movie" + ("s" if len(ids) != 1 else "")
 
@@ -222,6 +238,8 @@ def train_skip(root: str, max_age_hours: float, *,
     embedding for (or lacks movies it has): those could never be recommended, or gone
     movies would be, until the next training, so the model is retrained
     (``retrain_on_catalog_change``; when off, the reason to skip says how many wait).
+    An ``mf`` model is always retrained when tonight's histories have users it has no
+    embedding for (:func:`users_without_embedding`): scoring would refuse it.
     A model that started in the future by this machine's clock has no age that can be
     trusted (the clock was set back, or the run came from a machine whose clock was
     ahead): it is retrained rather than kept until the clock catches up, months later
@@ -237,9 +255,15 @@ def train_skip(root: str, max_age_hours: float, *,
             f"{max_age_hours:g}); --force-train to retrain")
     try:
         new, gone = catalog_change(root, train)
+        users = users_without_embedding(root, train)
     except (OSError, ValueError, artifacts.ArtifactError) as exc:
-        return "", (f"could not compare tonight's catalog with the latest model's ({exc}): "
-                    "it is retrained")
+        return "", (f"could not compare tonight's catalog and users with the latest "
+                    f"model's ({exc}): it is retrained")
+    if users:  # not a choice: scoring refuses the model
+        return "", (f"tonight's histories have {len(users)} user"
+                    f"{'s' if len(users) != 1 else ''} the latest model (mf: one embedding "
+                    f"per user id) has no embedding for ({_some(users)}): the model is "
+                    "retrained")
     if not (new or gone):
         return skip, ""
     change = []

@@ -6,7 +6,9 @@
 * ``user_tower.npz`` — history models only: the same folded serving form
   (:class:`recsys.model.folded.FoldedHistoryTower`) as plain arrays, with the raw movie
   ids, computed here by :class:`NumpyHistoryTower` in NumPy;
-* ``model.json`` — kind, dimensions and the training run (the model version).
+* ``model.json`` — kind, dimensions and the training run (the model version);
+* ``vocab/users.parquet`` — ``mf`` models only: the user ids the model has an embedding
+  for (:func:`users_without_embedding`).
 
 :func:`load_user_tower` takes the NumPy form when it is there, so a Spark Python worker
 that scores users never imports TensorFlow: on this project's 2-core machine that import
@@ -26,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from recsys import io
+from recsys.artifacts import ArtifactError
 from recsys.model.inputs import windows
 
 SAVED_MODEL = "user_tower"
 SERVING_ARRAYS = "user_tower.npz"
 MODEL_INFO = "model.json"
+MODEL_USERS = "vocab/users.parquet"
 FORMS = ("auto", "numpy", "savedmodel")
 
 _NEG = np.float32(-1e9)  # what Keras' masked softmax adds to masked float32 scores
@@ -198,6 +202,25 @@ def model_info(train_dir: str) -> dict[str, Any]:
     if not io.exists(info_uri):
         raise FileNotFoundError(f"no {MODEL_INFO} in {train_dir}: not an exported user tower")
     return json.loads(io.read_text(info_uri))
+
+
+def users_without_embedding(train_dir: str, histories: str) -> np.ndarray:
+    """The user ids of the histories Parquet at ``histories`` that the model of the train
+    run at ``train_dir`` cannot embed, sorted: none for a history model, which embeds any
+    user from their history; for an ``mf`` model, every user it was not trained with.
+    Such a user has no row of the model's user-id embedding, so its exported tower gives
+    every one of them the same untrained row (index 0): scores that look like
+    recommendations and are noise."""
+    if model_info(train_dir).get("kind") == "history":
+        return np.zeros(0, np.int64)
+    users_uri = io.join(train_dir, MODEL_USERS)
+    if not io.exists(users_uri):
+        raise ArtifactError(
+            f"{train_dir} is an mf model without {MODEL_USERS} (trained by an older "
+            "version), so which users it can score is unknown: retrain it (jobs/train.py)")
+    known = io.read_parquet(users_uri, columns=["user_id"]).column("user_id").to_numpy()
+    users = io.read_parquet(histories, columns=["user_id"]).column("user_id").to_numpy()
+    return np.setdiff1d(users.astype(np.int64), known.astype(np.int64))
 
 
 def _auto_form(info: dict[str, Any], train_dir: str) -> str:

@@ -11,6 +11,7 @@ Reads the preprocess run (histories, movie table, vocabularies, splits) and writ
     vocab/movies.parquet     movie_id, index (model index), train_ratings
     vocab/title_tokens.txt   title-token vocabulary (line i = token index i + 1)
     vocab/genres.txt         genre vocabulary
+    vocab/users.parquet      mf models: user_id, the users the model can embed
     metrics.json             per-epoch loss; validation metrics of the model and of
                              most-popular on the held-out validation users
     tensorboard/             TensorBoard logs
@@ -46,6 +47,7 @@ from recsys.model.examples import (
 )
 from recsys.model.inputs import MovieCatalog, windows
 from recsys.model.retrieval import TwoTowerModel
+from recsys.model.serving import MODEL_USERS
 from recsys.model.towers import HistoryUserTower, IdUserTower, MovieTower
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,9 @@ def _write_outputs(stage: str, trained: Trained, config: Config, run_id: str,
     pq.write_table(table, os.path.join(stage, "movie_embeddings", "part-00000.parquet"))
 
     os.makedirs(os.path.join(stage, "vocab"), exist_ok=True)
+    if trained.model.kind != "history":  # who the user-id embedding has a row for
+        pq.write_table(pa.table({"user_id": pa.array(ids.astype(np.int64))}),
+                       os.path.join(stage, MODEL_USERS))
     pq.write_table(pa.table({
         "movie_id": pa.array(catalog.movie_ids.astype(np.int32)),
         "index": pa.array(np.arange(1, catalog.size + 1, dtype=np.int32)),

@@ -2,8 +2,10 @@
 
 Inputs: the latest (or named) preprocess run's histories — tonight's data — and a train
 run with the index built from it. Both are verified against their manifests (sizes and
-MD5s) and the index must name the train run as its model version; anything else is
-refused before a single user is scored.
+MD5s), the index must name the train run as its model version, and an ``mf`` model must
+have an embedding for every user of the histories (their ids are read on the driver for
+that check, for ``mf`` models only: :func:`check_users`); anything else is refused
+before a single user is scored.
 
 The distributed step is ``mapInArrow`` over the histories (Arrow batches straight into
 numpy; of the ratings only the last ``history_length`` the user tower reads,
@@ -93,6 +95,24 @@ def check_artifacts(root: str, *, train_run: str | None, index_run: str | None
             f"index run {index_manifest['run_id']} was built for model {built_for}, but the "
             f"model to score with is {model_version}: rebuild the index (jobs/build_index.py)")
     return train_dir, index_dir, model_version
+
+
+def check_users(train_dir: str, preprocess_dir: str, model_version: str) -> None:
+    """Refuses a model that cannot embed every user of the preprocess run: an ``mf`` model
+    (user-id embeddings) trained on another run, with users it never saw. Each of them
+    would get the same untrained embedding, and a top-N that looks like the others and is
+    noise."""
+    from recsys.model.serving import users_without_embedding
+
+    unknown = users_without_embedding(train_dir, io.join(preprocess_dir, "histories"))
+    if unknown.size:
+        shown = ", ".join(str(u) for u in unknown[:5]) + (", ..." if unknown.size > 5 else "")
+        raise artifacts.ArtifactError(
+            f"model {model_version} (mf: one embedding per user id) has none for "
+            f"{unknown.size} users of {preprocess_dir} ({shown}): it can score only the "
+            "users it was trained with. Train a model on this preprocess run first "
+            "(jobs/train.py; the nightly retrains when it sees new users), or use "
+            "model.kind = \"history\", which embeds any user from their history")
 
 
 def read_histories(spark: SparkSession, uri: str, *, rating_window: int | None = None):
@@ -291,6 +311,7 @@ def check_inputs(config: Config, *, run_id: str | None = None,
         root, train_run=train_run, index_run=index_run)
     preprocess_dir = artifacts.resolve(root, "preprocess", preprocess_run)
     artifacts.verify(preprocess_dir)
+    check_users(train_dir, preprocess_dir, model_version)
     artifacts.check_writable(root, STAGE)
     check_metastore_dir(config.spark)
     return ScoreInputs(run_id, run_dir, preprocess_dir, train_dir, index_dir, model_version,

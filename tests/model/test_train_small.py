@@ -134,6 +134,27 @@ def test_matrix_factorization_baseline_trains_and_exports(small_run, tmp_path):
     assert emb.shape == (3, 64) and np.all(np.isfinite(emb))
     with pytest.raises(TypeError, match="'mf' model"):
         tower.embed(np.zeros((1, 2)), np.zeros((1, 2)))
+    # who it can embed: the users of its preprocess run, no one else (a user it never saw
+    # gets the untrained row 0, the same for all of them, and scoring refuses the model)
+    from recsys.model.serving import users_without_embedding
+    from recsys.scoring.score import check_users
+
+    histories = io.join(artifacts.resolve(cfg.artifact_root, "preprocess"), "histories")
+    assert users_without_embedding(result.run_dir, histories).size == 0
+    check_users(result.run_dir, os.path.dirname(histories), "mf-test")
+    users = io.read_parquet(histories, columns=["user_id"]).column("user_id").to_numpy()
+    unseen = np.array([10**6 + 3, 10**6 + 1], np.int64)
+    os.makedirs(tmp_path / "tonight" / "histories")
+    pq.write_table(pa.table({"user_id": np.concatenate([users[5:], unseen])}),
+                   tmp_path / "tonight" / "histories" / "part-00000.parquet")
+    tonight = str(tmp_path / "tonight" / "histories")
+    assert users_without_embedding(result.run_dir, tonight).tolist() == sorted(unseen)
+    new = tower.embed_users(unseen)
+    assert np.array_equal(new[0], new[1])  # why: one shared row
+    with pytest.raises(artifacts.ArtifactError,
+                       match=r"model mf-test \(mf: one embedding per user id\) has none for 2 "
+                             r"users of .*tonight \(1000001, 1000003\): it can score only"):
+        check_users(result.run_dir, str(tmp_path / "tonight"), "mf-test")
 
 
 def test_train_job_runs_and_fails_clearly_without_preprocess(small_run, tmp_path, job_env):

@@ -408,8 +408,11 @@ def test_the_spark_stages_run_on_the_users_master_given_either_way():
 
 
 def _run(root: str, stage: str, run_id: str, movies: list[int], *, table: str,
+         users: list[int] | None = None, files: dict[str, str] | None = None,
          **manifest_fields) -> str:
-    """A committed run of ``stage`` whose ``table`` holds ``movie_id`` ``movies``."""
+    """A committed run of ``stage`` whose ``table`` holds ``movie_id`` ``movies``, and
+    ``user_id`` ``users`` in the table ``histories`` (preprocess) or ``vocab/users.parquet``
+    (train), with text ``files`` (name: content)."""
     import pyarrow as pa
 
     from recsys import artifacts
@@ -419,6 +422,14 @@ def _run(root: str, stage: str, run_id: str, movies: list[int], *, table: str,
     os.makedirs(os.path.join(run_dir, table))
     pq.write_table(pa.table({"movie_id": pa.array(movies, pa.int32())}),
                    os.path.join(run_dir, table, "part-00000.parquet"))
+    if users is not None:
+        where = "histories/part-00000.parquet" if stage == "preprocess" else "vocab/users.parquet"
+        os.makedirs(os.path.dirname(os.path.join(run_dir, where)))
+        pq.write_table(pa.table({"user_id": pa.array(users, pa.int64())}),
+                       os.path.join(run_dir, where))
+    for name, text in (files or {}).items():
+        with open(os.path.join(run_dir, name), "w", encoding="utf-8") as fh:
+            fh.write(text)
     manifest = artifacts.Manifest(stage, run_id, Config())
     for key, value in manifest_fields.items():
         manifest[key] = value
@@ -426,8 +437,12 @@ def _run(root: str, stage: str, run_id: str, movies: list[int], *, table: str,
     return run_dir
 
 
-def _model(root: str, movies: list[int], *, trained_on: str = "p1", run_id: str = "t1") -> str:
-    return _run(root, "train", run_id, movies, table="movie_embeddings",
+def _model(root: str, movies: list[int], *, trained_on: str = "p1", run_id: str = "t1",
+           users: list[int] | None = None) -> str:
+    """A train run: a history model, or an mf one when ``users`` (the ids it embeds)."""
+    kind = "history" if users is None else "mf"
+    return _run(root, "train", run_id, movies, table="movie_embeddings", users=users,
+                files={"model.json": json.dumps({"kind": kind})},
                 inputs={"preprocess_run": trained_on})
 
 
@@ -532,6 +547,32 @@ def test_a_young_model_is_retrained_when_tonights_catalog_has_movies_it_cannot_e
     # a model whose embeddings cannot be read is retrained, saying why
     os.remove(os.path.join(run_dir, "movie_embeddings", "part-00000.parquet"))
     skip, note = train_skip(root, 24)
-    assert skip == "" and note.startswith("could not compare tonight's catalog with the "
-                                          "latest model's (") and note.endswith(
+    assert skip == "" and note.startswith("could not compare tonight's catalog and users "
+                                          "with the latest model's (") and note.endswith(
         "): it is retrained")
+
+
+def test_a_young_mf_model_is_retrained_when_tonight_has_users_it_cannot_embed(tmp_path):
+    """An mf model (user-id embeddings) was kept when tonight's histories had new users:
+    it has no embedding row for them, so scoring gave every one of them the same
+    untrained row and the same top 100 (seen on ml-latest-small, 20 new users)."""
+    from recsys.nightly import train_skip
+
+    root = str(tmp_path / "art")
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies", users=[5, 6, 7])
+    run_dir = _model(root, [1, 2, 3], trained_on="p1", users=[5, 6, 7])
+    _set_times(run_dir, started_h_ago=2)
+    assert train_skip(root, 24)[0].startswith("latest model is 2.0 h old")
+    # tonight: the same users, one fewer (nothing to retrain for)
+    _run(root, "preprocess", "p2", [1, 2, 3], table="movies", users=[5, 7])
+    assert train_skip(root, 24)[0].startswith("latest model is 2.0 h old")
+    _run(root, "preprocess", "p3", [1, 2, 3], table="movies", users=[5, 6, 7, 8, 9])
+    why = ("tonight's histories have 2 users the latest model (mf: one embedding per user "
+           "id) has no embedding for (8, 9): the model is retrained")
+    assert train_skip(root, 24) == ("", why)
+    # not a choice, as the catalog is: scoring refuses such a model
+    assert train_skip(root, 24, retrain_on_catalog_change=False) == ("", why)
+    # a history model embeds anyone from their history
+    _model(root, [1, 2, 3], trained_on="p1", run_id="t2")
+    _set_times(os.path.join(root, "train", "t2"), started_h_ago=1)
+    assert train_skip(root, 24)[0].startswith("latest model is 1.0 h old")
