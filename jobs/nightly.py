@@ -6,7 +6,8 @@
 Each stage runs as its own job (Spark stages through spark-submit), with this run's
 configuration. Training is skipped while the latest model is younger than
 nightly.max_model_age_hours (counted from the start of its training, with an hour's
-slack) and tonight's catalog is the one it embeds. One log file per run in
+slack), tonight's catalog is the one it embeds, and it was trained with tonight's
+[split], [model] and [train] settings. One log file per run in
 nightly.log_dir; a summary at the end (also <artifact_root>/nightly/<run_id>/summary.json).
 
 Exit codes: 0 ok; 10 another nightly run holds the lock (nothing was done); 11 preprocess,

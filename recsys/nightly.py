@@ -204,6 +204,30 @@ def catalog_change(root: str, train: dict[str, Any]) -> tuple[list[int], list[in
     return sorted(catalog - model), sorted(model - catalog)
 
 
+#: The configuration sections that make a model: tonight's values against the latest
+#: model's decide whether a young model is retrained (:func:`config_change`).
+MODEL_SECTIONS = ("split", "model", "train")
+#: Keys of those sections that do not change the trained model.
+NOT_THE_MODEL = frozenset({"train.tensorboard", "train.eval_batch_size"})
+
+
+def config_change(train: dict[str, Any], config: Config) -> list[str]:
+    """``"section.key (was, now)"`` for each key of :data:`MODEL_SECTIONS` on which
+    ``config`` differs from the configuration the train run ``train`` (its manifest) was
+    trained with. A key the model's run does not have (written by an older version) counts
+    as changed."""
+    was = train.get("config") or {}
+    now = json.loads(json.dumps(config.to_dict()))  # tuples as the manifest's lists
+    changed = []
+    for section in MODEL_SECTIONS:
+        for key, value in now[section].items():
+            name = f"{section}.{key}"
+            old = (was.get(section) or {}).get(key, "absent")
+            if name not in NOT_THE_MODEL and old != value:
+                changed.append(f"{name} ({json.dumps(old)}, now {json.dumps(value)})")
+    return changed
+
+
 def users_without_embedding(root: str, train: dict[str, Any]) -> list[int]:
     """The user ids of the latest preprocess run that the model of the train run
     ``train`` (its manifest) cannot embed, sorted: only an ``mf`` model has any (a history
@@ -224,13 +248,13 @@ def _movies(ids: list[int]) -> str:
     return f"{len(ids)} movie" + ("s" if len(ids) != 1 else "")
 
 
-def _some(ids: list[int], n: int = 5) -> str:
+def _some(ids: list[Any], n: int = 5) -> str:
     shown = ", ".join(str(i) for i in ids[:n])
     return shown + (", ..." if len(ids) > n else "")
 
 
-def train_skip(root: str, max_age_hours: float, *,
-               retrain_on_catalog_change: bool = True) -> tuple[str, str]:
+def train_skip(root: str, max_age_hours: float, *, retrain_on_catalog_change: bool = True,
+               config: Config | None = None) -> tuple[str, str]:
     """(why tonight's training is skipped, or ""; a note for the log, or "").
 
     Training is skipped while the latest model is younger than ``max_age_hours`` less
@@ -239,7 +263,10 @@ def train_skip(root: str, max_age_hours: float, *,
     movies would be, until the next training, so the model is retrained
     (``retrain_on_catalog_change``; when off, the reason to skip says how many wait).
     An ``mf`` model is always retrained when tonight's histories have users it has no
-    embedding for (:func:`users_without_embedding`): scoring would refuse it.
+    embedding for (:func:`users_without_embedding`): scoring would refuse it. So is a
+    model trained with other ``split``, ``model`` or ``train`` settings than tonight's
+    ``config`` (:func:`config_change`): a changed configuration would otherwise take
+    effect only once the model aged out, and the night would say nothing of it.
     A model that started in the future by this machine's clock has no age that can be
     trusted (the clock was set back, or the run came from a machine whose clock was
     ahead): it is retrained rather than kept until the clock catches up, months later
@@ -253,6 +280,10 @@ def train_skip(root: str, max_age_hours: float, *,
                     "clock (a clock set back since?): its age is unknown, so it is retrained")
     skip = (f"latest model is {max(age, 0.0):.1f} h old (< nightly.max_model_age_hours = "
             f"{max_age_hours:g}); --force-train to retrain")
+    changed = config_change(train, config) if config is not None else []
+    if changed:
+        return "", (f"tonight's configuration differs from the latest model's in "
+                    f"{_some(changed, 4)}: the model is retrained")
     try:
         new, gone = catalog_change(root, train)
         users = users_without_embedding(root, train)
@@ -528,6 +559,11 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     run_id = run_id or artifacts.new_run_id()
     run_date = artifacts.run_date(run_date)
     root = io.normalize_uri(config.artifact_root)
+    if n.evaluate and config.model.kind != "history":  # else every night failed at the end
+        raise ConfigError(
+            f"nightly.evaluate = true cannot evaluate a model.kind = {config.model.kind!r} "
+            "model: the evaluation embeds its held-out users from their histories, which "
+            "only a 'history' model can do; set nightly.evaluate = false")
     _spark_submit(config)  # a night that cannot start its Spark stages is not begun
     artifacts.check_writable(root, "nightly")  # nor one whose stages could keep nothing
     if _stages_in_scratch(config, os.environ) and not java_tmpdir_set(os.environ):
@@ -573,7 +609,8 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         skip = note = ""
         if stage == "train" and not force_train and n.max_model_age_hours > 0:
             skip, note = train_skip(root, n.max_model_age_hours,
-                                    retrain_on_catalog_change=n.retrain_on_catalog_change)
+                                    retrain_on_catalog_change=n.retrain_on_catalog_change,
+                                    config=config)
             if note:  # why a young model is retrained: in the log and the summary
                 runner.note(f"train: {note}")
         if stage == "index" and (made := _made_for_latest_model(root, stage)):

@@ -59,6 +59,11 @@ def test_bad_input_exits_3_with_a_clear_message(tmp_path, job_env):
     ("evaluate", ["--set", "evaluate.als_ranks=[]"], "evaluate.als_ranks must be a non-empty list"),
     ("nightly", ["--set", "model.kind=mf"],
      "train.objective = 'held_out_set' needs model.kind = 'history'"),
+    # not a failed evaluate stage every night, after publishing
+    ("nightly", ["--set", "model.kind=mf", "--set", "train.objective=next_item"],
+     "nightly.evaluate = true cannot evaluate a model.kind = 'mf' model: the evaluation "
+     "embeds its held-out users from their histories, which only a 'history' model can do; "
+     "set nightly.evaluate = false"),
     ("nightly", ["--run-date", "2026-13-45"], "--run-date must be a date written YYYY-MM-DD"),
     ("score_all_users", ["--run-date", "2026-12-3"], "--run-date must be a date written YYYY-MM-DD"),
     ("train", ["--run-id", "../elsewhere"], "--run-id must be a plain name"),

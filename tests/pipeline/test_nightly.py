@@ -552,6 +552,38 @@ def test_a_young_model_is_retrained_when_tonights_catalog_has_movies_it_cannot_e
         "): it is retrained")
 
 
+def test_a_young_model_is_retrained_when_tonights_configuration_makes_another(tmp_path):
+    """A young model was kept when the configuration had changed since its training (a
+    new model.embedding_dim in conf/prod.toml, say): the change took effect only when the
+    model aged out, a week later with max_model_age_hours = 168, and no night said so."""
+    from recsys import artifacts
+    from recsys.config import Config, ModelConfig, TrainConfig
+    from recsys.nightly import train_skip
+
+    root = str(tmp_path / "art")
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies")
+    run_dir = _model(root, [1, 2, 3], trained_on="p1")  # trained with Config()
+    _set_times(run_dir, started_h_ago=2)
+    assert train_skip(root, 24, config=Config())[0].startswith("latest model is 2.0 h old")
+    # what does not change the model does not retrain it
+    same = Config().replace(train=TrainConfig(tensorboard=False, eval_batch_size=64),
+                            artifact_root="elsewhere")
+    assert train_skip(root, 24, config=same)[0].startswith("latest model is 2.0 h old")
+    wider = Config().replace(model=ModelConfig(embedding_dim=128, hidden_dim=128),
+                             train=TrainConfig(learning_rate=0.002))
+    assert train_skip(root, 24, config=wider) == ("", (
+        "tonight's configuration differs from the latest model's in model.embedding_dim "
+        "(64, now 128), model.hidden_dim (64, now 128), train.learning_rate (0.001, now "
+        "0.002): the model is retrained"))
+    # a key the model's run does not know (an older version wrote it) is a change too
+    manifest = artifacts.read_manifest(run_dir)
+    del manifest["config"]["split"]["seed"]
+    io.write_text(io.join(run_dir, artifacts.MANIFEST), json.dumps(manifest))
+    assert train_skip(root, 24, config=Config())[1] == (
+        "tonight's configuration differs from the latest model's in split.seed (\"absent\", "
+        "now 42): the model is retrained")
+
+
 def test_a_young_mf_model_is_retrained_when_tonight_has_users_it_cannot_embed(tmp_path):
     """An mf model (user-id embeddings) was kept when tonight's histories had new users:
     it has no embedding row for them, so scoring gave every one of them the same
