@@ -12,9 +12,10 @@
   (:func:`class_archive_flags`). Every stage gets the nightly's resolved configuration as a
   TOML file, so ``--set`` overrides reach all of them. Training is skipped while the
   latest model is younger than ``nightly.max_model_age_hours`` (counted from the start
-  of its training, with an hour's slack) and tonight's catalog is the one it embeds
-  (:func:`train_skip`; ``--force-train`` trains anyway); the index is rebuilt only for
-  a new model.
+  of its training, with an hour's slack), tonight's catalog is the one it embeds and
+  it was trained with tonight's ``[split]``/``[model]``/``[train]`` settings
+  (:func:`train_skip`; ``--force-train`` trains anyway); the index and the evaluation
+  are made once per model, and again when their own settings change (:func:`made_skip`).
 * **Exit codes.** 0 ok; :data:`EXIT_LOCKED` another run holds the lock; ``10 + n`` stage
   ``n`` failed (11 preprocess, 12 train, 13 index, 14 score, 15 evaluate) — the stage's
   own exit code (2 config, 3 input data, 4 artifact, 5 catalog, 6 Spark did not start,
@@ -148,6 +149,27 @@ def _latest(root: str, stage: str) -> dict[str, Any] | None:
         return None
 
 
+def made_skip(root: str, stage: str, config: Config) -> tuple[str, str]:
+    """(why tonight's ``index`` or ``evaluate`` stage is skipped, or ""; a note, or "").
+    Each is made once per model: skipped when its latest run was made for the latest
+    model with tonight's ``[index]`` / ``[evaluate]`` settings. With other settings it
+    runs again, saying which (a new ``index.similar_movies``, an ALS grid), rather than
+    wait for the next model."""
+    made = _made_for_latest_model(root, stage)
+    if made is None:
+        return "", ""
+    changed = config_change(_latest(root, stage) or {}, config, (stage,))
+    if changed:
+        what = "index" if stage == "index" else "evaluation"
+        return "", (f"tonight's configuration differs from the latest {what}'s in "
+                    f"{_some(changed, 4)}: it is made again for model {made[0]}")
+    if stage == "index":
+        return f"index {made[1]} is built for model {made[0]}", ""
+    # A model is evaluated on the preprocess run it was trained on: again the same
+    # figures, so once per model.
+    return f"model {made[0]} is evaluated by run {made[1]}", ""
+
+
 def _made_for_latest_model(root: str, stage: str) -> tuple[str, str] | None:
     """(model, run) when the latest run of ``stage`` was made for the latest model (its
     ``inputs.model_version``); None otherwise, or when either is missing."""
@@ -211,15 +233,16 @@ MODEL_SECTIONS = ("split", "model", "train")
 NOT_THE_MODEL = frozenset({"train.tensorboard", "train.eval_batch_size"})
 
 
-def config_change(train: dict[str, Any], config: Config) -> list[str]:
-    """``"section.key (was, now)"`` for each key of :data:`MODEL_SECTIONS` on which
-    ``config`` differs from the configuration the train run ``train`` (its manifest) was
-    trained with. A key the model's run does not have (written by an older version) counts
-    as changed."""
-    was = train.get("config") or {}
+def config_change(run: dict[str, Any], config: Config,
+                  sections: tuple[str, ...] = MODEL_SECTIONS) -> list[str]:
+    """``"section.key (was, now)"`` for each key of ``sections`` on which ``config``
+    differs from the configuration of the run whose manifest is ``run`` (a train run: the
+    sections that make a model). A key the run does not have (written by an older
+    version) counts as changed."""
+    was = run.get("config") or {}
     now = json.loads(json.dumps(config.to_dict()))  # tuples as the manifest's lists
     changed = []
-    for section in MODEL_SECTIONS:
+    for section in sections:
         for key, value in now[section].items():
             name = f"{section}.{key}"
             old = (was.get(section) or {}).get(key, "absent")
@@ -611,16 +634,12 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             skip, note = train_skip(root, n.max_model_age_hours,
                                     retrain_on_catalog_change=n.retrain_on_catalog_change,
                                     config=config)
-            if note:  # why a young model is retrained: in the log and the summary
-                runner.note(f"train: {note}")
-        if stage == "index" and (made := _made_for_latest_model(root, stage)):
-            skip = f"index {made[1]} is built for model {made[0]}"
         if stage == "evaluate" and not n.evaluate:
             skip = "nightly.evaluate = false"
-        elif stage == "evaluate" and (made := _made_for_latest_model(root, stage)):
-            # A model is evaluated on the preprocess run it was trained on: again the same
-            # figures, so once per model.
-            skip = f"model {made[0]} is evaluated by run {made[1]}"
+        elif stage in ("index", "evaluate"):
+            skip, note = made_skip(root, stage, config)
+        if note:  # why a stage that could be skipped runs: in the log and the summary
+            runner.note(f"{stage}: {note}")
         if skip:
             run, details = _details(root, stage)
             results.append(StageResult(stage, "skipped", run_id=run, reason=skip,

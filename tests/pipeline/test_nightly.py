@@ -584,6 +584,39 @@ def test_a_young_model_is_retrained_when_tonights_configuration_makes_another(tm
         "now 42): the model is retrained")
 
 
+def test_the_index_and_the_evaluation_are_made_again_when_their_settings_change(tmp_path):
+    """Both were made once per model: a new index.similar_movies (or recall floor, or ALS
+    grid) reached the tables or the report only with the next model."""
+    from recsys.config import Config, EvaluateConfig, IndexConfig
+    from recsys.nightly import made_skip
+
+    root = str(tmp_path / "art")
+    _run(root, "preprocess", "p1", [1, 2, 3], table="movies")
+    _model(root, [1, 2, 3], trained_on="p1")
+    assert made_skip(root, "index", Config()) == ("", "")  # none yet
+    _run(root, "index", "i1", [1, 2, 3], table="similar_movies",
+         inputs={"model_version": "t1"})
+    _run(root, "evaluate", "e1", [1, 2, 3], table="metrics", inputs={"model_version": "t1"})
+    assert made_skip(root, "index", Config()) == ("index i1 is built for model t1", "")
+    assert made_skip(root, "evaluate", Config()) == ("model t1 is evaluated by run e1", "")
+    more = Config().replace(index=IndexConfig(similar_movies=50),
+                            evaluate=EvaluateConfig(als_ranks=(32, 64)))
+    assert made_skip(root, "index", more) == ("", (
+        "tonight's configuration differs from the latest index's in index.similar_movies "
+        "(20, now 50): it is made again for model t1"))
+    assert made_skip(root, "evaluate", more) == ("", (
+        "tonight's configuration differs from the latest evaluation's in evaluate.als_ranks "
+        "([64], now [32, 64]): it is made again for model t1"))
+    # another section's change is not theirs
+    other = Config().replace(index=IndexConfig(), evaluate=EvaluateConfig(),
+                             artifact_root="elsewhere")
+    assert made_skip(root, "index", other)[0] == "index i1 is built for model t1"
+    # a new model: both are made for it, whatever the settings
+    _model(root, [1, 2, 3], trained_on="p1", run_id="t2")
+    assert made_skip(root, "index", Config()) == ("", "")
+    assert made_skip(root, "evaluate", Config()) == ("", "")
+
+
 def test_a_young_mf_model_is_retrained_when_tonight_has_users_it_cannot_embed(tmp_path):
     """An mf model (user-id embeddings) was kept when tonight's histories had new users:
     it has no embedding row for them, so scoring gave every one of them the same
