@@ -155,28 +155,24 @@ def made_skip(root: str, stage: str, config: Config) -> tuple[str, str]:
     model with tonight's ``[index]`` / ``[evaluate]`` settings. With other settings it
     runs again, saying which (a new ``index.similar_movies``, an ALS grid), rather than
     wait for the next model."""
-    made = _made_for_latest_model(root, stage)
-    if made is None:
-        return "", ""
-    changed = config_change(_latest(root, stage) or {}, config, (stage,))
+    train, made = _latest(root, "train"), _latest(root, stage)
+    if not (train and made) or made.get("inputs", {}).get("model_version") != train["run_id"]:
+        return "", ""  # none yet, or made for an older model
+    model, run = train["run_id"], made["run_id"]
+    changed = config_change(made, config, (stage,))
     if changed:
         what = "index" if stage == "index" else "evaluation"
         return "", (f"tonight's configuration differs from the latest {what}'s in "
-                    f"{_some(changed, 4)}: it is made again for model {made[0]}")
+                    f"{_some(changed, 4)}: it is made again for model {model}")
     if stage == "index":
-        return f"index {made[1]} is built for model {made[0]}", ""
+        return f"index {run} is built for model {model}", ""
     # A model is evaluated on the preprocess run it was trained on: again the same
     # figures, so once per model.
-    return f"model {made[0]} is evaluated by run {made[1]}", ""
+    return f"model {model} is evaluated by run {run}", ""
 
 
-def _made_for_latest_model(root: str, stage: str) -> tuple[str, str] | None:
-    """(model, run) when the latest run of ``stage`` was made for the latest model (its
-    ``inputs.model_version``); None otherwise, or when either is missing."""
-    train, made = _latest(root, "train"), _latest(root, stage)
-    if train and made and made.get("inputs", {}).get("model_version") == train["run_id"]:
-        return train["run_id"], made["run_id"]
-    return None
+def _run_dir(root: str, manifest: dict[str, Any]) -> str:
+    return artifacts.stage_dir(root, manifest["stage"], manifest["run_id"])
 
 
 def model_age_hours(train: dict[str, Any] | None) -> float | None:
@@ -209,17 +205,14 @@ def age_slack_hours(max_age_hours: float) -> float:
     return min(1.0, max_age_hours / 10)
 
 
-def catalog_change(root: str, train: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(movie ids of the latest preprocess run's catalog that the model of the train run
-    ``train`` (its manifest) has no embedding for, movie ids the model has that the
-    catalog no longer holds), each sorted. Both empty when the model was trained on that
-    very run."""
-    prep = _latest(root, "preprocess")
-    if prep is None or train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
-        return [], []
+def catalog_change(root: str, train: dict[str, Any], prep: dict[str, Any]
+                   ) -> tuple[list[int], list[int]]:
+    """(movie ids of the catalog of the preprocess run ``prep`` (its manifest) that the
+    model of the train run ``train`` has no embedding for, movie ids the model has that
+    the catalog no longer holds), each sorted."""
 
     def ids(manifest: dict[str, Any], table: str) -> set[int]:
-        uri = io.join(artifacts.stage_dir(root, manifest["stage"], manifest["run_id"]), table)
+        uri = io.join(_run_dir(root, manifest), table)
         return set(io.read_parquet(uri, columns=["movie_id"]).column("movie_id").to_pylist())
 
     catalog, model = ids(prep, "movies"), ids(train, "movie_embeddings")
@@ -251,22 +244,6 @@ def config_change(run: dict[str, Any], config: Config,
     return changed
 
 
-def users_without_embedding(root: str, train: dict[str, Any]) -> list[int]:
-    """The user ids of the latest preprocess run that the model of the train run
-    ``train`` (its manifest) cannot embed, sorted: only an ``mf`` model has any (a history
-    model embeds every user from their history), and none when it was trained on that
-    very run. Scoring refuses such a model (exit 4) rather than give those users one
-    untrained embedding."""
-    from recsys.model.serving import users_without_embedding as unknown
-
-    prep = _latest(root, "preprocess")
-    if prep is None or train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
-        return []
-    return unknown(artifacts.stage_dir(root, "train", train["run_id"]),
-                   io.join(artifacts.stage_dir(root, "preprocess", prep["run_id"]),
-                           "histories")).tolist()
-
-
 def _movies(ids: list[int]) -> str:
     return f"{len(ids)} movie" + ("s" if len(ids) != 1 else "")
 
@@ -286,10 +263,11 @@ def train_skip(root: str, max_age_hours: float, *, retrain_on_catalog_change: bo
     movies would be, until the next training, so the model is retrained
     (``retrain_on_catalog_change``; when off, the reason to skip says how many wait).
     An ``mf`` model is always retrained when tonight's histories have users it has no
-    embedding for (:func:`users_without_embedding`): scoring would refuse it. So is a
-    model trained with other ``split``, ``model`` or ``train`` settings than tonight's
-    ``config`` (:func:`config_change`): a changed configuration would otherwise take
-    effect only once the model aged out, and the night would say nothing of it.
+    embedding for (:func:`recsys.model.serving.users_without_embedding`): scoring would
+    refuse it. So is a model trained with other ``split``, ``model`` or ``train``
+    settings than tonight's ``config`` (:func:`config_change`): a changed configuration
+    would otherwise take effect only once the model aged out, and the night would say
+    nothing of it.
     A model that started in the future by this machine's clock has no age that can be
     trusted (the clock was set back, or the run came from a machine whose clock was
     ahead): it is retrained rather than kept until the clock catches up, months later
@@ -307,9 +285,15 @@ def train_skip(root: str, max_age_hours: float, *, retrain_on_catalog_change: bo
     if changed:
         return "", (f"tonight's configuration differs from the latest model's in "
                     f"{_some(changed, 4)}: the model is retrained")
+    prep = _latest(root, "preprocess")
+    if prep is None or train.get("inputs", {}).get("preprocess_run") == prep["run_id"]:
+        return skip, ""  # trained on tonight's run: its catalog and users are the model's
+    from recsys.model.serving import users_without_embedding
+
     try:
-        new, gone = catalog_change(root, train)
-        users = users_without_embedding(root, train)
+        new, gone = catalog_change(root, train, prep)
+        users = users_without_embedding(_run_dir(root, train),
+                                        io.join(_run_dir(root, prep), "histories")).tolist()
     except (OSError, ValueError, artifacts.ArtifactError) as exc:
         return "", (f"could not compare tonight's catalog and users with the latest "
                     f"model's ({exc}): it is retrained")

@@ -193,13 +193,14 @@ def run_index(config: Config, *, run_id: str | None = None,
         k = min(cfg.num_neighbors, len(ids))
         with manifest.timed("measure_exact"):
             truth, _ = exact.search(queries, k)
-        check, tuned_here = np.arange(queries.shape[0]), False
+        check = np.arange(queries.shape[0])
         with manifest.timed("build_scann"):
             scann = MovieSearcher.build(emb, ids, kind="scann", num_neighbors=cfg.num_neighbors,
                                         settings=settings, info=info)
             tuned, _ = search_ladder(scann, k)  # leaves_to_search or reorder
-            if getattr(cfg, tuned) <= 0:  # tuned on half the sampled users, measured on the others
-                tune, check, tuned_here = check[0::2], check[1::2], True
+            tuned_here = getattr(cfg, tuned) <= 0
+            if tuned_here:  # tuned on half the sampled users, measured on the others
+                tune, check = check[0::2], check[1::2]
                 scann, settings = _tuned_build(
                     scann, settings, emb, ids, queries[tune], truth[tune], cfg=cfg, info=info,
                     manifest=manifest)
