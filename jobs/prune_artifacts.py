@@ -5,7 +5,8 @@
 
 What the nightly does after every night that succeeds (nightly.keep_runs), by hand: keeps
 the N newest completed runs of each stage, every run the LATEST runs were made from,
-recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir);
+recent incomplete runs, the N newest nightly summaries and log files (nightly.log_dir;
+of this root's nights: the logs of another root's nightlies there are left to it);
 it removes what failed scoring runs left in the tables' _staging/ a day on, and never
 touches a published night (see recsys.retention). --dry-run lists what would go.
 Exit codes: 0 ok, 2 configuration, 4 some could not be removed (each named with the

@@ -138,6 +138,22 @@ class Lock:
             self.fd = None
 
 
+def log_header(run_id: str, run_date: str, root: str, log_file: str) -> str:
+    """A night's first log line (after the time stamp): its run, date, artifact root and
+    log file. Retention reads the root back (:func:`log_root`), so that a log directory
+    that nightlies of several artifact roots share keeps each root's logs."""
+    return f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}"
+
+
+def log_root(first_line: str, run_id: str) -> str | None:
+    """The artifact root that :func:`log_header` wrote in ``first_line`` of run
+    ``run_id``'s log, or None when the line is not such a header (an empty log, one whose
+    disk was full, another program's file)."""
+    found = re.fullmatch(rf"\[nightly [^\]]*\] run {re.escape(run_id)}: run_date=[^,]*, "
+                         r"artifacts (.+), log .+", first_line.rstrip("\r\n"))
+    return found.group(1) if found else None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -605,7 +621,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         env.update(scratch_env(scratch, env))  # every stage's Spark files, removed at the end
     results: list[StageResult] = []
     exit_code = 0
-    runner.note(f"run {run_id}: run_date={run_date}, artifacts {root}, log {log_file}")
+    runner.note(log_header(run_id, run_date, root, log_file))
     for number, stage in enumerate(STAGES, start=1):
         if runner.stopped_by and not exit_code:  # the signal came between two stages
             runner.note(f"{stage}: not started ({runner.stopped_by})")

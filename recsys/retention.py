@@ -14,7 +14,8 @@ train and index run a night (the preprocess run alone: 222 MB at ml-25m scale).
   newer than the oldest completed run kept, or started less than ``grace_hours`` ago (the
   run id is its start time): a failure stays there to be read, and a job started by hand
   beside the nightly is not pulled from under it;
-* the ``keep`` newest nightly summaries and ``nightly-<run_id>.log`` files;
+* the ``keep`` newest nightly summaries and ``nightly-<run_id>.log`` files (of this
+  root's nights: a log directory shared with nightlies of other roots keeps theirs);
 * anything whose name is not a run id this project makes (``YYYYmmddTHHMMSSZ-xxxxxx``),
   e.g. a run named with ``--run-id``: never touched.
 
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from recsys import artifacts, io
-from recsys.nightly import STAGES
+from recsys.nightly import STAGES, log_root
 from recsys.publish import side_dir
 from recsys.publish.claim import read_claim
 
@@ -126,6 +127,28 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
     return [r for r in ids[:-keep] if r != tonight]
 
 
+def _log_victims(log_dir: str, root: str, keep: int, tonight: str | None) -> list[str]:
+    """The nightly logs in ``log_dir`` beyond the ``keep`` newest of this root's nights.
+    A log directory can serve nightlies of several artifact roots (the default ``logs``
+    of one checkout, a staging and a production configuration): a log whose first line
+    names another root is that root's to prune, and counts not among this root's. One
+    that names no root (an empty log, its disk full at the start) counts as this root's,
+    so that such files do not pile up."""
+    ours = []
+    for name in os.listdir(log_dir):
+        if not (m := _LOG.match(name)):
+            continue
+        try:
+            with open(os.path.join(log_dir, name), encoding="utf-8", errors="replace") as fh:
+                owner = log_root(fh.readline(1 << 16), m.group(1))
+        except OSError:
+            owner = None
+        if owner is None or io.normalize_uri(owner) == root:
+            ours.append(m.group(1))
+    return [os.path.abspath(os.path.join(log_dir, f"nightly-{r}.log"))
+            for r in _beyond(ours, keep, tonight)]
+
+
 def _stale_staging(table_root: str, started_before: str) -> list[str]:
     """``<tables>/_staging/<table>/run_date=<date>-<run_id>`` of runs started before the
     grace, and the claims on a night (``run_date=<date>.claim``) such runs left: a run
@@ -178,9 +201,7 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
     victims += [io.join(root, SUMMARIES, r) for r in _beyond(ids, keep, tonight)]
     victims += _stale_staging(table_root or io.join(root, "tables"), started_before)
     if log_dir and os.path.isdir(log_dir):
-        ids = [m.group(1) for n in os.listdir(log_dir) if (m := _LOG.match(n))]
-        victims += [os.path.abspath(os.path.join(log_dir, f"nightly-{r}.log"))
-                    for r in _beyond(ids, keep, tonight)]
+        victims += _log_victims(log_dir, root, keep, tonight)
     for done, uri in enumerate(victims):
         if stop is not None and stop():
             result.stopped, result.left = True, len(victims) - done

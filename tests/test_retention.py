@@ -14,6 +14,7 @@ import pytest
 
 from recsys import artifacts, io
 from recsys.config import Config
+from recsys.nightly import Runner, log_header, log_root
 from recsys.publish import claim
 from recsys.publish.claim import claim_uri
 from recsys.retention import prune, runs_in_use
@@ -126,6 +127,40 @@ def test_prune_keeps_the_newest_and_what_is_in_use_and_a_dry_run_removes_nothing
     for stage in ("preprocess", "train", "index", "score"):  # every LATEST still resolves
         artifacts.verify(artifacts.resolve(root, stage))
     assert prune(root, 1, log_dir=str(logs), tonight=rid(30), now=NOW).removed == []
+
+
+def test_a_log_directory_shared_by_two_roots_keeps_each_roots_newest_logs(tmp_path):
+    """Nightlies of two artifact roots (a staging and a production configuration run from
+    one checkout) write into one log directory: each root's pruning counts and removes its
+    own logs only, and a log that names no root (empty: its disk was full) counts as
+    the pruning root's."""
+    prod, staging, logs = str(tmp_path / "prod"), str(tmp_path / "staging"), tmp_path / "logs"
+    logs.mkdir()
+
+    def write_log(root: str, run_id: str) -> None:
+        log_file = logs / f"nightly-{run_id}.log"
+        with open(log_file, "w", encoding="utf-8") as fh:  # as the nightly writes it
+            Runner(fh, (), echo=lambda line: None).note(
+                log_header(run_id, "2026-11-30", io.normalize_uri(root), str(log_file)))
+            fh.write("preprocess: started\n")
+
+    for day in (20, 21, 22):
+        write_log(prod, rid(day))
+    for hour in range(3, 9):  # staging ran every hour on the 29th, after prod's nights
+        write_log(staging, rid(29, hour))
+    (logs / f"nightly-{rid(19)}.log").write_text("")
+    assert log_root((logs / f"nightly-{rid(20)}.log").read_text().splitlines()[0],
+                    rid(20)) == io.normalize_uri(prod)
+
+    done = prune(prod, 2, log_dir=str(logs), tonight=rid(30), now=NOW)
+    assert done.removed == [str(logs / f"nightly-{r}.log") for r in (rid(19), rid(20), rid(21))]
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [f"nightly-{rid(22)}.log"] + [f"nightly-{rid(29, h)}.log" for h in range(3, 9)])
+
+    done = prune(staging, 2, log_dir=str(logs), tonight=rid(30, 9), now=NOW)
+    assert done.removed == [str(logs / f"nightly-{rid(29, h)}.log") for h in range(3, 8)]
+    assert sorted(p.name for p in logs.iterdir()) == [f"nightly-{rid(22)}.log",
+                                                      f"nightly-{rid(29, 8)}.log"]
 
 
 def test_an_incomplete_run_started_within_the_grace_period_is_left_alone(tmp_path):

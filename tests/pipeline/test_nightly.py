@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import io
-from recsys.nightly import EXIT_LOCKED, Lock
+from recsys.nightly import EXIT_LOCKED, Lock, log_root
 from tests.conftest import REPO, SMALL
 from tests.filesystems import run_on_small_fs
 
@@ -82,6 +82,8 @@ def test_a_first_night_runs_every_stage_and_publishes(first_night):
     assert log.parent == base / "logs"
     text = log.read_text()
     assert "score_all_users: 610 users" in text and "preprocess: ok" in text  # stage output kept
+    # its first line names the root, which retention reads in a log directory others share
+    assert log_root(text.splitlines()[0], s["run_id"]) == io.normalize_uri(base / "artifacts")
     assert not (base / "scratch").exists()  # the run's scratch went with it (and the root)
 
 
