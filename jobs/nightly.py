@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     add_config_arguments(p)
     p.add_argument("--input", help="MovieLens release to preprocess (overrides data.input).")
-    p.add_argument("--run-date", help="Partition to publish (default: today, UTC).")
+    p.add_argument("--run-date", help="Partition to publish (default: today in "
+                   "score.run_date_timezone, UTC unless set).")
     p.add_argument("--force-train", action="store_true",
                    help="Train even when a model younger than nightly.max_model_age_hours exists.")
     args = p.parse_args(argv)

@@ -25,7 +25,8 @@ from recsys.config import add_config_arguments, config_from_args
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     add_config_arguments(p)
-    p.add_argument("--run-date", help="Partition to publish (default: today, UTC).")
+    p.add_argument("--run-date", help="Partition to publish (default: today in "
+                   "score.run_date_timezone, UTC unless set).")
     p.add_argument("--preprocess-run", help="Preprocess run with the histories (default: LATEST).")
     p.add_argument("--train-run", help="Train run of the model (default: LATEST).")
     p.add_argument("--index-run", help="Index run for that model (default: LATEST).")
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         from recsys.spark import build_session
 
         config = config_from_args(args)
-        run_date = artifacts.run_date(args.run_date)  # a bad date stops here, before Spark
+        # a bad date stops here, before Spark
+        run_date = artifacts.run_date(args.run_date, timezone=config.score.run_date_timezone)
         inputs = check_inputs(config, run_id=args.run_id, preprocess_run=args.preprocess_run,
                               train_run=args.train_run, index_run=args.index_run)
         spark = build_session("movielens-recs score_all_users", config.spark)

@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any, Iterator
 
 from recsys import io
-from recsys.config import Config, ConfigError, dump_toml
+from recsys.config import Config, ConfigError, dump_toml, time_zone
 from recsys.version import __version__
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,16 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_date(value: str | None = None) -> str:
+def run_date(value: str | None = None, *, timezone: str = "UTC",
+             now: dt.datetime | None = None) -> str:
     """The night a run publishes (its tables' ``run_date`` partition): ``value`` checked
-    as a calendar date written ``YYYY-MM-DD``, or today's date (UTC) when None."""
+    as a calendar date written ``YYYY-MM-DD``, or, when None, the date ``now`` (default:
+    this instant) in ``timezone`` (``score.run_date_timezone``: "UTC", "local" or an IANA
+    name)."""
     if value is None:
-        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+        instant = now or dt.datetime.now(dt.timezone.utc)
+        return instant.astimezone(time_zone(timezone, "score.run_date_timezone")
+                                  ).date().isoformat()
     try:
         day = dt.date.fromisoformat(value)
     except ValueError:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import datetime as dt
 import dataclasses
 import logging
 import math
 import re
 import shlex
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +37,20 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (setup.py 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+def time_zone(name: str, key: str = "time zone") -> dt.tzinfo | None:
+    """The zone a configuration names: "UTC", "local" (None: the machine's own, as
+    ``datetime.astimezone`` takes it) or an IANA name; ConfigError naming ``key`` else."""
+    if name == "UTC":
+        return dt.timezone.utc
+    if name == "local":
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"{key} must be 'UTC', 'local' or an IANA time zone name such as "
+                          f"'Europe/Berlin', got {name!r}") from None
 
 
 class _Check:
@@ -342,11 +358,16 @@ class ScoreConfig:
     recommendations_table: str = "movielens_recommendations"
     user_embeddings_table: str = "movielens_user_embeddings"
     similar_movies_table: str = "movielens_similar_movies"
+    #: Whose calendar names the night (the tables' run_date) when --run-date is not
+    #: given: "UTC", "local" (this machine's time zone: TZ or /etc/localtime) or an IANA
+    #: name such as "Asia/Tokyo". A cron night at 02:15 in Tokyo is the day before in UTC.
+    run_date_timezone: str = "UTC"
 
     def __post_init__(self) -> None:
         _Check("score", self).at_least(1, "top_n", "batch_size", "max_scann_depth").identifier(
             "database", "recommendations_table", "user_embeddings_table",
             "similar_movies_table")
+        time_zone(self.run_date_timezone, "score.run_date_timezone")
         tables = (self.recommendations_table, self.user_embeddings_table,
                   self.similar_movies_table)
         if len({t.lower() for t in tables}) < len(tables):  # the catalog folds case

@@ -580,7 +580,7 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     """Run the pipeline once under the lock; never raises for a failed stage."""
     n = config.nightly
     run_id = run_id or artifacts.new_run_id()
-    run_date = artifacts.run_date(run_date)
+    run_date = artifacts.run_date(run_date, timezone=config.score.run_date_timezone)
     root = io.normalize_uri(config.artifact_root)
     if n.evaluate and config.model.kind != "history":  # else every night failed at the end
         raise ConfigError(

@@ -3,6 +3,7 @@ write small hand-made MovieLens releases."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,18 @@ def spark():
     )
     yield session
     session.stop()
+
+
+def zone_on_another_day() -> tuple[str, set[str]]:
+    """An IANA zone whose calendar is on another day than UTC's now (Kiritimati is
+    UTC+14, Pago Pago UTC-11), and the dates UTC has now: a job that takes its run_date
+    from that zone publishes a night that the UTC default would not."""
+    from recsys import artifacts
+
+    now = dt.datetime.now(dt.timezone.utc)
+    zone = "Pacific/Kiritimati" if now.hour >= 11 else "Pacific/Pago_Pago"
+    assert artifacts.run_date(timezone=zone, now=now) != artifacts.run_date(now=now)
+    return zone, {artifacts.run_date(now=now), artifacts.run_date()}
 
 
 def write_release(directory: Path, files: dict[str, str | bytes]) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
+import time
 
 import pytest
 
@@ -52,9 +54,27 @@ def test_commit_seals_the_run_and_moves_latest(tmp_path):
 def test_a_run_date_is_a_calendar_day_written_yyyy_mm_dd():
     assert artifacts.run_date("2026-02-28") == "2026-02-28"
     assert len(artifacts.run_date()) == 10  # today, UTC
+    # 17:30 UTC on the 6th: still the 6th in UTC and in New York, already the 7th in Tokyo
+    evening = dt.datetime(2026, 12, 6, 17, 30, tzinfo=dt.timezone.utc)
+    assert artifacts.run_date(now=evening) == "2026-12-06"
+    assert artifacts.run_date(timezone="Asia/Tokyo", now=evening) == "2026-12-07"
+    assert artifacts.run_date(timezone="America/New_York", now=evening) == "2026-12-06"
+    assert artifacts.run_date("2026-02-28", timezone="Asia/Tokyo", now=evening) == "2026-02-28"
     for bad in ("2026-02-30", "2026-2-28", "20260228", "2026-02-28T00:00", "tomorrow", ""):
         with pytest.raises(ConfigError, match="--run-date must be a date written YYYY-MM-DD"):
             artifacts.run_date(bad)
+
+
+def test_a_run_date_in_the_local_zone_is_the_machines_calendar(monkeypatch):
+    evening = dt.datetime(2026, 12, 6, 17, 30, tzinfo=dt.timezone.utc)
+    try:
+        for zone, day in (("Asia/Tokyo", "2026-12-07"), ("America/Los_Angeles", "2026-12-06")):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            assert artifacts.run_date(timezone="local", now=evening) == day
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_new_run_gets_a_fresh_id_and_directory(tmp_path):

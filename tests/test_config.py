@@ -51,6 +51,9 @@ def test_int_accepted_for_float():
         ("spark.ui_enabled=1", "spark.ui_enabled: expected bool"),
         ("data=3", "'data' is a section"),
         ("novalue", "must look like section.key=value"),
+        ("score.run_date_timezone=Mars/Olympus_Mons", "score.run_date_timezone must be 'UTC', "
+         "'local' or an IANA time zone name such as 'Europe/Berlin', got 'Mars/Olympus_Mons'"),
+        ("score.run_date_timezone=../../etc/passwd", "score.run_date_timezone must be 'UTC'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys import artifacts, io
-from tests.conftest import MOVIES_CSV, ratings_csv, write_release
+from tests.conftest import MOVIES_CSV, ratings_csv, write_release, zone_on_another_day
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_SUBMIT = str(Path(sys.executable).parent / "spark-submit")
@@ -90,6 +90,24 @@ def test_bad_config_exits_2_before_reading_anything(tmp_path, job_env, job, bad,
     assert f"{job}: configuration error: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "art").exists() and not (tmp_path / "logs").exists()
+
+
+def test_the_nightly_names_its_night_in_score_run_date_timezone(tmp_path, job_env):
+    """Without --run-date a night is the date it starts on in score.run_date_timezone;
+    the night's preprocess fails at once here (no input), and its summary says the date."""
+    zone, utc = zone_on_another_day()
+    before = artifacts.run_date(timezone=zone)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/nightly.py"), "--conf-file",
+         str(REPO / "conf/default.toml"), "--artifact-root", str(tmp_path / "art"),
+         "--input", str(tmp_path / "no-release"), "--set", f"nightly.log_dir={tmp_path}",
+         "--set", f"score.run_date_timezone={zone}"],
+        capture_output=True, text=True, timeout=300, env=job_env, cwd=tmp_path)
+    assert proc.returncode == 11, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [summary] = (tmp_path / "art" / "nightly").glob("*/summary.json")
+    night = json.loads(summary.read_text())["run_date"]
+    assert night not in utc
+    assert night in {before, artifacts.run_date(timezone=zone)}
 
 
 def test_preprocess_run_from_elsewhere_says_where_the_embedded_corpus_is_before_spark(

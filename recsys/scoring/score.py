@@ -348,7 +348,7 @@ def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
     """Score every user of the preprocess run's histories and publish the three tables."""
     root = config.artifact_root
     cfg = config.score
-    run_date = artifacts.run_date(run_date)
+    run_date = artifacts.run_date(run_date, timezone=cfg.run_date_timezone)
     run_id, run_dir = inputs.run_id, inputs.run_dir
     preprocess_dir, train_dir = inputs.preprocess_dir, inputs.train_dir
     index_dir, model_version = inputs.index_dir, inputs.model_version

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys import artifacts, io
-from tests.conftest import REPO
+from tests.conftest import REPO, zone_on_another_day
 from tests.filesystems import REMOUNTED, run_on_small_fs, run_read_only, run_read_only_from
 from tests.standalone import standalone_cluster
 
@@ -36,18 +36,18 @@ def env() -> dict[str, str]:
 TRAIN_RUN: list[str] = []  # other tests add train runs to the shared root: name ours
 
 
-def score_cmd(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
+def score_cmd(root: str, meta: str, *extra: str, run_date: str | None = RUN_DATE,
               submit: tuple[str, ...] = ("--master", "local[2]"),
               job: Path = REPO / "jobs/score_all_users.py") -> list[str]:
     return [SPARK_SUBMIT, *submit, "--driver-memory", "2g",
             "--driver-java-options",
             f"-Dlog4j2.configurationFile={REPO / 'conf/log4j2.properties'}",
             str(job), "--artifact-root", root,
-            "--run-date", run_date, "--set", f"spark.metastore_dir={meta}",
-            "--train-run", *TRAIN_RUN, *extra]
+            *(["--run-date", run_date] if run_date else []),
+            "--set", f"spark.metastore_dir={meta}", "--train-run", *TRAIN_RUN, *extra]
 
 
-def score(root: str, meta: str, *extra: str, run_date: str = RUN_DATE,
+def score(root: str, meta: str, *extra: str, run_date: str | None = RUN_DATE,
           submit: tuple[str, ...] = ("--master", "local[2]"),
           tmpdir: Path | None = None, job: Path = REPO / "jobs/score_all_users.py"
           ) -> subprocess.CompletedProcess:
@@ -179,6 +179,22 @@ def test_rerunning_a_night_replaces_only_that_night(scored, tmp_path):
     run_ids = set(pq.read_table(table / f"run_date={RUN_DATE}").column("run_id").to_pylist())
     latest = artifacts.read_manifest(artifacts.resolve(root, "score"))["run_id"]
     assert run_ids == {latest}
+
+
+def test_without_a_run_date_the_night_is_today_in_score_run_date_timezone(scored, tmp_path):
+    """A run by hand (no --run-date) publishes the date it starts on in the configured
+    zone, here one on another day than UTC's (into tables of its own)."""
+    root, _, _ = scored
+    zone, utc = zone_on_another_day()
+    before = artifacts.run_date(timezone=zone)
+    tables = tmp_path / "tables"
+    run = score(root, str(tmp_path), "--set", f"score.run_date_timezone={zone}",
+                "--set", f"score.table_root={tables}", run_date=None)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [night] = [p.name for p in (tables / "movielens_recommendations").iterdir()
+               if not p.name.startswith("_")]
+    assert night.removeprefix("run_date=") in {before, artifacts.run_date(timezone=zone)} - utc
+    assert pq.read_table(tables / "movielens_recommendations" / night).num_rows == 610
 
 
 def test_corrupt_or_mismatched_artifacts_are_refused_before_scoring(scored, tmp_path):
