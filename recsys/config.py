@@ -187,9 +187,15 @@ class PreprocessConfig:
     max_tags_per_movie: int = 20
     #: Number of output files of the histories table.
     history_files: int = 8
+    #: The largest share by which the users or the ratings may fall below the latest
+    #: preprocess run's under the artifact root: a ratings export cut short upstream
+    #: would otherwise publish a night without the users it lost. More fails the run
+    #: (exit 3) with both counts; 1 = no check.
+    max_shrink: float = 0.2
 
     def __post_init__(self) -> None:
-        _Check("preprocess", self).at_least(0, "max_tags_per_movie").at_least(1, "history_files")
+        _Check("preprocess", self).at_least(0, "max_tags_per_movie").at_least(
+            1, "history_files").within("max_shrink", 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,7 @@ class HeaderError(InputDataError):
 
 class RejectThresholdError(InputDataError):
     """More rows were quarantined than the configured fraction allows."""
+
+
+class ShrunkInputError(InputDataError):
+    """The release has far fewer users or ratings than the latest preprocess run had."""

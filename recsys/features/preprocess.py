@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 
 from recsys import artifacts, io
 from recsys.config import Config
-from recsys.data.errors import InputFileError, RejectThresholdError
+from recsys.data.errors import InputFileError, RejectThresholdError, ShrunkInputError
 from recsys.data.readers import read_raw
 from recsys.data.release import Release, check_input, open_release
 from recsys.data.validation import (
@@ -144,6 +144,32 @@ def _check_threshold(
             + f". The rejected rows with their reasons are in {rejects_uri}; raise "
             "data.max_reject_fraction to accept them."
         )
+
+
+def check_shrink(root: str, counts: dict[str, Any], max_shrink: float, source: str) -> None:
+    """Raise :class:`ShrunkInputError` when tonight's users or ratings fall more than
+    ``max_shrink`` below those of the latest preprocess run under ``root`` (none yet, or
+    ``max_shrink`` 1: no check). Ratings accumulate: a release with far fewer is most
+    likely cut short (a partial download, a failed export), and its night would publish
+    no recommendations for the users it lost."""
+    if max_shrink >= 1:
+        return
+    try:
+        latest = artifacts.read_manifest(artifacts.resolve(root, STAGE))
+    except (artifacts.ArtifactError, OSError, ValueError):
+        return  # a first run, or none that can be read: nothing to compare with
+    shrunk = [f"{counts[k]:,} {k} against {before:,} ({1 - counts[k] / before:.1%} fewer)"
+              for k in ("users", "ratings")
+              if isinstance(before := latest.get("counts", {}).get(k), int) and before > 0
+              and counts[k] < (1 - max_shrink) * before]
+    if shrunk:
+        raise ShrunkInputError(
+            f"{source} has {' and '.join(shrunk)} in the latest preprocess run "
+            f"{latest.get('run_id')} (from {latest.get('inputs', {}).get('source')}): more "
+            f"than preprocess.max_shrink = {max_shrink:g} below it, so the release looks "
+            "cut short (a partial download or export). This run is kept as failed and the "
+            "latest run stays the one the next stages read; if the release is right, run "
+            "with --set preprocess.max_shrink=1 once")
 
 
 def check_inputs(config: Config) -> None:
@@ -278,6 +304,8 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
     )
     for df in cached:
         df.unpersist()
+    check_shrink(root, manifest["counts"], config.preprocess.max_shrink,
+                 manifest["inputs"]["source"])
     artifacts.commit(root, STAGE, run_dir, manifest, config)
     log.info("preprocess %s done: %s", manifest["run_id"], run_dir)
     return PreprocessResult(run_dir=run_dir, manifest=manifest.data)

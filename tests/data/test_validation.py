@@ -3,12 +3,13 @@ manifest, or fails the run with a clear message."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
 from recsys import artifacts, io
-from recsys.data.errors import HeaderError, InputFileError, RejectThresholdError
+from recsys.data.errors import HeaderError, InputFileError, RejectThresholdError, ShrunkInputError
 from recsys.data.release import check_input
 from recsys.features.preprocess import run_preprocess
 from tests.conftest import MOVIES_CSV, REPO, make_config, ratings_csv, write_release
@@ -189,6 +190,33 @@ def test_reject_threshold_fails_the_run_and_keeps_rejects(spark, tmp_path):
 def test_under_threshold_passes(spark, tmp_path):
     result = _run(spark, tmp_path, ratings_csv(*GOOD, "3,1,7.0,1000"), max_reject_fraction=0.2)
     assert result.manifest["counts"]["rejected"]["ratings"] == 1
+
+
+def test_a_release_far_smaller_than_the_latest_run_fails_and_the_latest_stays(spark, tmp_path):
+    """Ratings accumulate: a release with far fewer users or ratings than the latest run
+    was cut short upstream, and its night would drop the users it lost."""
+    root = io.normalize_uri(tmp_path / "artifacts")
+    users = [f"{u},{m},4.0,{1_000_000 + 10 * u + m}" for u in range(1, 11) for m in (1, 2, 3)]
+    first = _run(spark, tmp_path, ratings_csv(*users))
+    assert first.manifest["counts"]["users"] == 10
+    message = (r"has 7 users against 10 \(30.0% fewer\) and 21 ratings against 30 \(30.0% "
+               r"fewer\) in the latest preprocess run " + first.manifest["run_id"]
+               + r" .*more than preprocess.max_shrink = 0.2 below it.*"
+               r"--set preprocess.max_shrink=1 once")
+    with pytest.raises(ShrunkInputError, match=message):
+        _run(spark, tmp_path, ratings_csv(*users[:21]))  # the export cut after user 7
+    assert artifacts.resolve(root, "preprocess") == first.run_dir
+    failed = [r for r in io.list_dir(io.join(root, "preprocess"))
+              if r not in ("LATEST", first.manifest["run_id"])]
+    assert artifacts.read_manifest(io.join(root, "preprocess", *failed))["status"] == "failed"
+
+    fewer = _run(spark, tmp_path, ratings_csv(*users[:27]))  # 10% fewer: within the share
+    assert artifacts.resolve(root, "preprocess") == fewer.run_dir
+    config = make_config(tmp_path, tmp_path / "release")  # the release of the run above
+    write_release(tmp_path / "release", {"ratings.csv": ratings_csv(*users[:6])})
+    accepted = run_preprocess(spark, config.replace(
+        preprocess=dataclasses.replace(config.preprocess, max_shrink=1.0)))
+    assert accepted.manifest["counts"]["users"] == 2
 
 
 def test_missing_required_file(spark, tmp_path):
