@@ -52,8 +52,8 @@ from typing import IO, Any, Callable, Iterator, Mapping
 from recsys import artifacts, io
 from recsys.config import Config, ConfigError, dump_toml
 from recsys.spark import (
-    ScratchDir, check_exec, java_tmpdir_set, local_master, scratch_env, scratch_root,
-    spark_home_problem)
+    LOG4J_CONF, ScratchDir, check_exec, java_tmpdir_set, local_master, scratch_env,
+    scratch_root, spark_home_problem)
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -514,7 +514,7 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
     """The command line of every stage, as cron would type it."""
     n = config.nightly
     spark_submit = _spark_submit(config)
-    log4j = REPO / "conf" / "log4j2.properties"
+    log4j = LOG4J_CONF
     submit = [spark_submit, *shlex.split(n.spark_submit_args)]
     if _given_master(submit) is None:
         submit += ["--master", config.spark.master]

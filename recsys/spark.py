@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from recsys import io
@@ -357,6 +358,27 @@ def jvm_pid(spark: "SparkSession") -> int:
     return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
 
 
+#: Spark's logging for the jobs (the nightly and the Makefile pass it to spark-submit).
+LOG4J_CONF = Path(__file__).resolve().parents[1] / "conf" / "log4j2.properties"
+
+
+def _project_log_config(spark: "SparkSession") -> None:
+    """Give a driver JVM started without a logging configuration the project's: a job run
+    with plain ``python`` or a bare ``spark-submit`` otherwise logs Spark's warnings that
+    the project's file quiets on purpose (the vocabularies' global windows, "can cause
+    serious performance degradation", three times a preprocess run). A configuration of
+    the user's (``-Dlog4j2.configurationFile``, a ``log4j2.properties`` in
+    ``SPARK_CONF_DIR``) is left as it is."""
+    jvm = spark.sparkContext._jvm
+    if (jvm.java.lang.System.getProperty("log4j2.configurationFile") is not None
+            or jvm.java.lang.Thread.currentThread().getContextClassLoader().getResource(
+                "log4j2.properties") is not None
+            or not LOG4J_CONF.is_file()):
+        return
+    context = jvm.org.apache.logging.log4j.LogManager.getContext(False)
+    context.setConfigLocation(jvm.java.io.File(str(LOG4J_CONF)).toURI())
+
+
 def build_session(
     app_name: str, config: SparkConfig, extra: Mapping[str, str] | None = None
 ) -> "SparkSession":
@@ -442,6 +464,7 @@ def build_session(
                 del os.environ[key]
             else:
                 os.environ[key] = value
+    _project_log_config(spark)
     spark.sparkContext.setLogLevel(config.log_level)
     if config.hive_catalog and config.metastore_dir:
         # Derby writes derby.log into the working directory (cron's: the user's home) when
