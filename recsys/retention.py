@@ -17,7 +17,12 @@ train and index run a night (the preprocess run alone: 222 MB at ml-25m scale).
 * the ``keep`` newest nightly summaries and ``nightly-<run_id>.log`` files (of this
   root's nights: a log directory shared with nightlies of other roots keeps theirs);
 * anything whose name is not a run id this project makes (``YYYYmmddTHHMMSSZ-xxxxxx``),
-  e.g. a run named with ``--run-id``: never touched.
+  e.g. a run named with ``--run-id``: never touched;
+* of the zips extracted under ``<root>/_inputs/`` (a nightly whose ``data.input`` is a zip
+  that changes upstream extracts a new one each night: about 1 GiB at ml-25m), the one the
+  latest preprocess run read (tomorrow's zip may be the same) and any a run took less
+  than ``grace_hours`` ago (a job started by hand may be reading it); one still being
+  extracted (no marker yet) is left alone too.
 
 The published nights of the tables are not touched: they belong to their readers. What a
 scoring run that failed left staged (``<tables>/_staging/``: a whole night of files, which
@@ -30,11 +35,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from recsys import artifacts, io
+from recsys.data.release import EXTRACTED, INPUTS, extracted_at
 from recsys.nightly import STAGES, log_root
 from recsys.publish import side_dir
 from recsys.publish.claim import read_claim
@@ -127,6 +134,32 @@ def _beyond(ids: list[str], keep: int, tonight: str | None) -> list[str]:
     return [r for r in ids[:-keep] if r != tonight]
 
 
+def _stale_extractions(root: str, started_before: str) -> list[str]:
+    """The zip extractions under ``<root>/_inputs/`` that neither the latest preprocess
+    run read nor a run took since ``started_before`` (a run id: its time stamp is the
+    bound); see the module's notes."""
+    base = io.join(root, INPUTS)
+    names = io.list_dir(base)
+    if not names:
+        return []
+    try:
+        latest = artifacts.read_manifest(artifacts.resolve(root, "preprocess"))
+    except artifacts.ArtifactError:
+        latest = {}
+    files = latest.get("inputs", {}).get("files", {})
+    read = {posixpath.dirname(f["uri"]) for f in files.values()
+            if isinstance(f, dict) and isinstance(f.get("uri"), str)}
+    victims = []
+    for name in names:
+        directory = io.join(base, name)
+        marker = io.join(directory, EXTRACTED)
+        if directory in read or not io.is_file(marker):
+            continue
+        if extracted_at(io.read_text(marker)) < started_before[:len("YYYYmmddTHHMMSSZ")]:
+            victims.append(directory)
+    return victims
+
+
 def _log_victims(log_dir: str, root: str, keep: int, tonight: str | None) -> list[str]:
     """The nightly logs in ``log_dir`` beyond the ``keep`` newest of this root's nights.
     A log directory can serve nightlies of several artifact roots (the default ``logs``
@@ -200,6 +233,7 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
     ids = [n for n in io.list_dir(io.join(root, SUMMARIES)) if RUN_ID.match(n)]
     victims += [io.join(root, SUMMARIES, r) for r in _beyond(ids, keep, tonight)]
     victims += _stale_staging(table_root or io.join(root, "tables"), started_before)
+    victims += _stale_extractions(root, started_before)
     if log_dir and os.path.isdir(log_dir):
         victims += _log_victims(log_dir, root, keep, tonight)
     for done, uri in enumerate(victims):
@@ -220,7 +254,9 @@ def prune(root: str, keep: int, *, log_dir: str | None = None, table_root: str =
 
 def _remove(uri: str) -> None:
     """Remove a run (its ``_SUCCESS`` first: one removed in part is an incomplete run, not
-    a completed one with files missing), a summary or a log file."""
+    a completed one with files missing), a zip's extraction (its marker first, likewise:
+    the next run of that zip extracts it again), a summary or a log file."""
     if io.is_dir(uri):
         io.delete(io.join(uri, artifacts.SUCCESS))
+        io.delete(io.join(uri, EXTRACTED))
     io.delete(uri)

@@ -163,6 +163,34 @@ def test_a_log_directory_shared_by_two_roots_keeps_each_roots_newest_logs(tmp_pa
                                                       f"nightly-{rid(29, 8)}.log"]
 
 
+def test_zips_extracted_for_earlier_nights_go_and_the_latest_runs_stays(tmp_path):
+    """A nightly whose input is a zip that changes upstream extracts a new one each
+    night (about 1 GiB at ml-25m scale), and nothing removed them."""
+    root = str(tmp_path / "artifacts")
+    inputs = tmp_path / "artifacts" / "_inputs"
+
+    def extraction(name: str, marker: str | None) -> str:
+        (inputs / name).mkdir(parents=True)
+        (inputs / name / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+        if marker is not None:
+            (inputs / name / "_EXTRACTED").write_text(marker)
+        return io.normalize_uri(inputs / name)
+
+    latest = extraction("ml-25m-aaaaaaaaaaaa", "aaaa 20261120T020000Z\n")  # old, but read
+    make_run(root, "preprocess", rid(29), files={"ratings": {
+        "uri": f"{latest}/ratings.csv", "size": 33, "md5": "x"}})
+    extraction("ml-25m-bbbbbbbbbbbb", "bbbb 20261128T020000Z\n")  # an earlier night's
+    extraction("ml-25m-cccccccccccc", "cccc\n")  # marked before markers said when
+    extraction("ml-25m-dddddddddddd", "dddd 20261130T110000Z\n")  # a run by hand, an hour ago
+    extraction("ml-25m-eeeeeeeeeeee", None)  # being extracted now
+    done = prune(root, 1, tonight=rid(30), now=NOW)
+    assert done.removed == [io.normalize_uri(inputs / f"ml-25m-{c * 12}") for c in "bc"]
+    assert sorted(p.name for p in inputs.iterdir()) == [
+        f"ml-25m-{c * 12}" for c in "ade"]
+    header = len("userId,movieId,rating,timestamp\n")
+    assert done.removed_bytes == 2 * header + len("bbbb 20261128T020000Z\n") + len("cccc\n")
+
+
 def test_an_incomplete_run_started_within_the_grace_period_is_left_alone(tmp_path):
     root = str(tmp_path / "artifacts")
     make_run(root, "train", rid(20))

@@ -1,11 +1,14 @@
 """Locating a MovieLens release: a directory or the release .zip, local or at a URI.
 
 A zip is extracted once under the artifact root (``_inputs/<name>-<md5>``), so executors
-read it from the same place as the driver even when they do not share its disk.
+read it from the same place as the driver even when they do not share its disk. Its
+``_EXTRACTED`` marker holds the zip's MD5 and when a run last took it (UTC, as run ids
+write it): the nightly's retention removes extractions no run needs any more.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import posixpath
 import shutil
@@ -17,6 +20,10 @@ from dataclasses import dataclass, field
 from recsys import io
 from recsys.data.errors import InputFileError
 from recsys.data.layouts import LAYOUTS, Layout, detect_layout, get_layout
+
+#: Where zips are extracted under the artifact root, and the marker of a whole extraction.
+INPUTS = "_inputs"
+EXTRACTED = "_EXTRACTED"
 
 _RATINGS_FILES = ("ratings.csv", "ratings.dat", "u.data")
 #: Every file a known layout reads.
@@ -59,8 +66,9 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
     checksum = io.md5(zip_uri)
     stem = posixpath.basename(io.normalize_uri(zip_uri))
     stem = stem[:-4] if stem.lower().endswith(".zip") else stem
-    target = io.join(work_uri, "_inputs", f"{stem}-{checksum[:12]}")
-    if io.is_file(io.join(target, "_EXTRACTED")):
+    target = io.join(work_uri, INPUTS, f"{stem}-{checksum[:12]}")
+    if io.is_file(io.join(target, EXTRACTED)):
+        _stamp(target, checksum)  # in use again: not to be pruned from under this run
         return target
 
     with tempfile.TemporaryDirectory(prefix="recsys-zip-") as tmp:
@@ -107,8 +115,20 @@ def extract_zip(zip_uri: str, work_uri: str) -> str:
                 f"{zip_uri}: cannot put the extracted release at {target} "
                 f"({exc.strerror or exc}); free space under the artifact root, or give the "
                 "extracted directory") from None
-    io.write_text(io.join(target, "_EXTRACTED"), checksum + "\n")
+    _stamp(target, checksum)
     return target
+
+
+def _stamp(target: str, checksum: str) -> None:
+    io.write_text(io.join(target, EXTRACTED),
+                  f"{checksum} {dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}\n")
+
+
+def extracted_at(marker: str) -> str:
+    """When a run last took an extraction, from its marker's text (``YYYYmmddTHHMMSSZ``),
+    or "" for a marker written before markers said it."""
+    fields = marker.split()
+    return fields[1] if len(fields) > 1 else ""
 
 
 def _relative_hint(source: str) -> str:
@@ -173,7 +193,7 @@ def open_release(
     directory = extract_zip(source_uri, work_uri) if source_uri.lower().endswith(".zip") \
         else source_uri
 
-    names = [n for n in io.list_dir(directory) if n != "_EXTRACTED"]
+    names = [n for n in io.list_dir(directory) if n != EXTRACTED]
     chosen = detect_layout(names, directory) if layout == "auto" else get_layout(layout)
     files: dict[str, str] = {}
     for spec in chosen.tables:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import resource
 import signal
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -123,9 +125,15 @@ def test_release_zip_is_extracted_once(spark, tmp_path):
     release = open_release(str(archive), work_uri=config.artifact_root)
     assert "/_inputs/ml-latest-small-" in release.directory
     marker = io.join(release.directory, "_EXTRACTED")
-    before = io.read_text(marker)
+    checksum, taken = io.read_text(marker).split()
+    ratings = Path(io.local_path(release.directory)) / "ratings.csv"
+    written = ratings.stat().st_mtime_ns, ratings.stat().st_ino
     again = open_release(str(archive), work_uri=config.artifact_root)
-    assert again.directory == release.directory and io.read_text(marker) == before
+    assert again.directory == release.directory  # not extracted again
+    assert (ratings.stat().st_mtime_ns, ratings.stat().st_ino) == written
+    # the marker says when a run last took it (retention keeps what runs take)
+    assert io.read_text(marker).split()[0] == checksum and io.read_text(marker).split()[1] >= taken
+    assert re.fullmatch(r"\d{8}T\d{6}Z", taken)
 
 
 def test_bad_zip(tmp_path):
