@@ -459,6 +459,11 @@ class NightlyConfig:
     #: Train anyway, however young the model, when tonight's catalog has movies it has no
     #: embedding for, or lacks movies it has: false leaves them until the next training.
     retrain_on_catalog_change: bool = True
+    #: Skip preprocessing while the release is the one the latest preprocess run read
+    #: (the same files by size and MD5) with the same [data], [split] and [preprocess]
+    #: settings: a static release (ml-25m) is otherwise preprocessed again every night.
+    #: Off by default: after an upgrade that changes preprocessing, set it false once.
+    skip_unchanged_release: bool = False
     #: Run the offline evaluation (stage 6) after publishing.
     evaluate: bool = True
     #: One log file per run is written here (local directory).

@@ -260,6 +260,38 @@ def config_change(run: dict[str, Any], config: Config,
     return changed
 
 
+PREPROCESS_SECTIONS = ("data", "split", "preprocess")
+
+
+def preprocess_skip(root: str, config: Config) -> str:
+    """Why tonight's preprocessing is skipped (``nightly.skip_unchanged_release``), or "":
+    the latest preprocess run read this very release (``data.input``; the same files by
+    size and MD5) with tonight's ``[data]``, ``[split]`` and ``[preprocess]`` settings, and
+    rejected no rating as from the future (a bound that moves with the night). Anything
+    that cannot be compared runs the stage, which says what is wrong."""
+    from recsys.data.release import open_release
+
+    prep = _latest(root, "preprocess")
+    if prep is None or config_change(prep, config, PREPROCESS_SECTIONS):
+        return ""
+    inputs = prep.get("inputs", {})
+    read = inputs.get("files") or {}
+    by_reason = prep.get("counts", {}).get("rows_by_reason", {})
+    if any(c.get("timestamp_out_of_range") for c in by_reason.values()):
+        return ""
+    try:
+        release = open_release(config.data.input, work_uri=root, layout=config.data.layout)
+        if release.source != inputs.get("source") or set(release.files) != set(read):
+            return ""
+        for table, uri in release.files.items():
+            if (io.size(uri), io.md5(uri)) != (read[table].get("size"), read[table].get("md5")):
+                return ""
+    except Exception:  # noqa: BLE001 (the stage itself reports what is wrong with the input)
+        return ""
+    return (f"tonight's release is the one preprocess run {prep['run_id']} read (the same "
+            "files by size and MD5, the same settings); nightly.skip_unchanged_release")
+
+
 def _movies(ids: list[int]) -> str:
     return f"{len(ids)} movie" + ("s" if len(ids) != 1 else "")
 
@@ -630,6 +662,8 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             results.append(StageResult(stage, "not run"))
             continue
         skip = note = ""
+        if stage == "preprocess" and n.skip_unchanged_release:
+            skip = preprocess_skip(root, config)
         if stage == "train" and not force_train and n.max_model_age_hours > 0:
             skip, note = train_skip(root, n.max_model_age_hours,
                                     retrain_on_catalog_change=n.retrain_on_catalog_change,

@@ -643,3 +643,67 @@ def test_a_young_mf_model_is_retrained_when_tonight_has_users_it_cannot_embed(tm
     _model(root, [1, 2, 3], trained_on="p1", run_id="t2")
     _set_times(os.path.join(root, "train", "t2"), started_h_ago=1)
     assert train_skip(root, 24)[0].startswith("latest model is 1.0 h old")
+
+
+def _small_release(directory: Path, users: int) -> Path:
+    """A release of 40 movies and ``users`` users (user u rated 12 of them)."""
+    movies = ["movieId,title,genres"] + [f"{m},Movie {m} ({1980 + m}),Drama|Comedy"
+                                        for m in range(1, 41)]
+    ratings = ["userId,movieId,rating,timestamp"] + [
+        f"{u},{(u * 7 + k * 3) % 40 + 1},{(u + k) % 9 / 2 + 1},{900_000_000 + u * 100 + k}"
+        for u in range(1, users + 1) for k in range(12)]
+    directory.mkdir(parents=True)
+    (directory / "movies.csv").write_text("\n".join(movies) + "\n")
+    (directory / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    return directory
+
+
+def test_an_unchanged_release_is_not_preprocessed_again_when_so_configured(tmp_path):
+    """ml-25m does not change: with nightly.skip_unchanged_release each night read it
+    again (about 100 s at that scale) into a new preprocess run (222 MB). The skip needs
+    the same files by size and MD5 and the same [data], [split] and [preprocess]."""
+    from recsys.config import load_config
+    from recsys.nightly import preprocess_skip
+
+    skip = ("--set", "nightly.skip_unchanged_release=true", *LATER)
+    release = _small_release(tmp_path / "release", 60)
+    first = subprocess.run(args(tmp_path, "2026-11-20", *skip, source=release), env=env(),
+                           capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-4000:]
+    prep = {st["name"]: st for st in summary(tmp_path)["stages"]}["preprocess"]
+    assert prep["status"] == "ok"
+
+    second = subprocess.run(args(tmp_path, "2026-11-21", *skip, source=release), env=env(),
+                            capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-4000:]
+    stages = {st["name"]: st for st in summary(tmp_path)["stages"]}
+    assert (stages["preprocess"]["status"], stages["preprocess"]["run_id"]) == (
+        "skipped", prep["run_id"])
+    assert f"is the one preprocess run {prep['run_id']} read" in stages["preprocess"]["reason"]
+    assert stages["score"]["status"] == "ok"
+    assert pq.read_table(night(tmp_path, "2026-11-21")).num_rows == 60
+
+    # the release grows by a user overnight: read again
+    (release / "ratings.csv").write_text((release / "ratings.csv").read_text()
+                                         + "61,1,4.0,900010000\n")
+    third = subprocess.run(args(tmp_path, "2026-11-22", *skip, source=release), env=env(),
+                           capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert third.returncode == 0, third.stdout[-4000:]
+    stages = {st["name"]: st for st in summary(tmp_path)["stages"]}
+    assert stages["preprocess"]["status"] == "ok" and stages["preprocess"]["run_id"] != prep[
+        "run_id"]
+    assert pq.read_table(night(tmp_path, "2026-11-22")).num_rows == 61
+
+    root = io.normalize_uri(tmp_path / "artifacts")
+    same = load_config(REPO / "conf" / "default.toml", [f"data.input={release}"])
+    assert preprocess_skip(root, same)  # as the next night would find it
+    other = load_config(REPO / "conf" / "default.toml",
+                        [f"data.input={release}", "data.max_reject_fraction=0.01"])
+    assert preprocess_skip(root, other) == ""  # a setting of [data] changed
+    from recsys import artifacts
+
+    latest = artifacts.resolve(root, "preprocess")
+    manifest = artifacts.read_manifest(latest)
+    manifest["counts"]["rows_by_reason"]["ratings"]["timestamp_out_of_range"] = 1
+    io.write_text(io.join(latest, artifacts.MANIFEST), json.dumps(manifest))
+    assert preprocess_skip(root, same) == ""  # a rating from the future may be valid now
