@@ -275,17 +275,13 @@ def preprocess_skip(root: str, config: Config) -> str:
     if prep is None or config_change(prep, config, PREPROCESS_SECTIONS):
         return ""
     inputs = prep.get("inputs", {})
-    read = inputs.get("files") or {}
     by_reason = prep.get("counts", {}).get("rows_by_reason", {})
     if any(c.get("timestamp_out_of_range") for c in by_reason.values()):
         return ""
     try:
         release = open_release(config.data.input, work_uri=root, layout=config.data.layout)
-        if release.source != inputs.get("source") or set(release.files) != set(read):
+        if release.source != inputs.get("source") or release.checksums() != inputs.get("files"):
             return ""
-        for table, uri in release.files.items():
-            if (io.size(uri), io.md5(uri)) != (read[table].get("size"), read[table].get("md5")):
-                return ""
     except Exception:  # noqa: BLE001 (the stage itself reports what is wrong with the input)
         return ""
     return (f"tonight's release is the one preprocess run {prep['run_id']} read (the same "
@@ -546,13 +542,12 @@ def stage_commands(config: Config, conf_file: str, run_date: str, run_id: str
     """The command line of every stage, as cron would type it."""
     n = config.nightly
     spark_submit = _spark_submit(config)
-    log4j = LOG4J_CONF
     submit = [spark_submit, *shlex.split(n.spark_submit_args)]
     if _given_master(submit) is None:
         submit += ["--master", config.spark.master]
     if "--driver-memory" not in submit:
         submit += ["--driver-memory", config.spark.driver_memory]
-    java = [f"-Dlog4j2.configurationFile={log4j}"] if log4j.is_file() else []
+    java = [f"-Dlog4j2.configurationFile={LOG4J_CONF}"] if LOG4J_CONF.is_file() else []
     score_submit = list(submit)
     if "--driver-java-options" not in submit:  # else the user's options stand, unchanged
         score_java = [*java, *shlex.split(n.score_java_options),

@@ -15,7 +15,9 @@ import shutil
 import tempfile
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from recsys import io
 from recsys.data.errors import InputFileError
@@ -45,6 +47,16 @@ class Release:
 
     def file(self, table: str) -> str | None:
         return self.files.get(table)
+
+    def checksums(self) -> dict[str, dict[str, Any]]:
+        """``{table: {"uri", "size", "md5"}}`` of the release's files, as a preprocess
+        run records them (``inputs.files``) and the nightly compares them."""
+        def one(item: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+            table, uri = item
+            return table, {"uri": uri, "size": io.size(uri), "md5": io.md5(uri)}
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return dict(pool.map(one, sorted(self.files.items())))
 
 
 def _zip_release_prefix(archive: zipfile.ZipFile, where: str) -> str:

@@ -72,15 +72,6 @@ class PreprocessResult:
     manifest: dict[str, Any]
 
 
-def _input_info(release: Release) -> dict[str, Any]:
-    def one(item: tuple[str, str]) -> tuple[str, dict[str, Any]]:
-        table, uri = item
-        return table, {"uri": uri, "size": io.size(uri), "md5": io.md5(uri)}
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, sorted(release.files.items())))
-
-
 def _reason_counts(tagged: DataFrame) -> dict[str, int]:
     rows = tagged.groupBy("reason").count().collect()
     return {(r["reason"] or "valid"): int(r["count"]) for r in rows}
@@ -220,7 +211,7 @@ def _preprocess(spark, config, root, run_dir, manifest, out) -> PreprocessResult
         return cached[-1]
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        checksums = pool.submit(_input_info, release)  # overlaps with the Spark work
+        checksums = pool.submit(release.checksums)  # overlaps with the Spark work
 
         with manifest.timed("validate_movies"):
             movies_tagged = keep(mark_duplicate_movies(tagged("movies")))
