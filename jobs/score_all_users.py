@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
               f"model {m['inputs']['model_version']}, published run_date="
               f"{m['inputs']['run_date']} to {', '.join(result.tables.values())} under "
               f"{m['table_root']}; wrote {result.run_dir}")
+        expired = m.data.get("expired")
+        if expired:
+            print(f"score_all_users: score.keep_nights = {expired['keep_nights']}: removed "
+                  f"{len(expired['nights'])} older night(s)"
+                  + (f" ({', '.join(expired['nights'])})" if expired["nights"] else "")
+                  + (f"; {len(expired['failed'])} could not be: "
+                     + "; ".join(expired["failed"]) if expired["failed"] else ""))
         return 0
 
     return cli.run_main("score_all_users", body)

@@ -368,9 +368,14 @@ class ScoreConfig:
     #: given: "UTC", "local" (this machine's time zone: TZ or /etc/localtime) or an IANA
     #: name such as "Asia/Tokyo". A cron night at 02:15 in Tokyo is the day before in UTC.
     run_date_timezone: str = "UTC"
+    #: Published nights kept in each table: after publishing, older nights than the
+    #: newest keep_nights are dropped from the catalog and their files removed (tonight's
+    #: is always kept, a back-filled older night too). 0 = keep every night.
+    keep_nights: int = 0
 
     def __post_init__(self) -> None:
-        _Check("score", self).at_least(1, "top_n", "batch_size", "max_scann_depth").identifier(
+        _Check("score", self).at_least(1, "top_n", "batch_size", "max_scann_depth").at_least(
+            0, "keep_nights").identifier(
             "database", "recommendations_table", "user_embeddings_table",
             "similar_movies_table")
         time_zone(self.run_date_timezone, "score.run_date_timezone")

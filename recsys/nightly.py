@@ -594,7 +594,7 @@ def _details(root: str, stage: str) -> tuple[str | None, dict[str, Any]]:
         keep = {"recall": m.get("recall", {})}
     elif stage == "score":
         keep = {"counts": m.get("counts", {}), "tables": m.get("tables", {}),
-                "table_root": m.get("table_root")}
+                "table_root": m.get("table_root"), "expired": m.get("expired")}
     elif stage == "evaluate":
         keep = {"report": m.get("report"), "headline": m.get("headline", {})}
     return m.get("run_id"), keep
@@ -775,6 +775,12 @@ def format_summary(result: NightlyResult) -> str:
             lines.append(f"             {d['counts'].get('users', 0):,} users x top "
                          f"{d['counts'].get('top_n')}; tables {tables} under "
                          f"{d.get('table_root')} (partition run_date={result.run_date})")
+            expired = d.get("expired")
+            if expired and (expired["nights"] or expired["failed"]):
+                lines.append(f"             score.keep_nights = {expired['keep_nights']}: "
+                             f"removed {', '.join(expired['nights']) or 'no night'}"
+                             + (f"; NOT removed: {'; '.join(expired['failed'])}"
+                                if expired["failed"] else ""))
         if s.name == "evaluate" and d.get("report"):
             lines.append(f"             report {d['report']}")
             for name, value in d.get("headline", {}).items():

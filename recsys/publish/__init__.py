@@ -4,9 +4,9 @@ from recsys import io
 
 
 def side_dir(table_uri: str, kind: str) -> str:
-    """``<tables>/_<kind>/<table>``: where a table's nights are staged (``staging``) or
-    set aside (``replaced``), beside the table's directory so that no reader of the table
-    sees them."""
+    """``<tables>/_<kind>/<table>``: where a table's nights are staged (``staging``), set
+    aside (``replaced``) or removed (``expired``), beside the table's directory so that no
+    reader of the table sees them."""
     parent, _, name = io.normalize_uri(table_uri).rstrip("/").rpartition("/")
     return io.join(parent, f"_{kind}", name)
 

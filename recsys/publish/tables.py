@@ -259,6 +259,54 @@ def register_table(spark: SparkSession, *, database: str, name: str, table_uri: 
     return full
 
 
+def expire_nights(spark: SparkSession, full_name: str, table_uri: str, *, keep: int,
+                  tonight: str, run_id: str) -> tuple[list[str], list[str]]:
+    """Remove the table's nights older than its ``keep`` newest (``score.keep_nights``):
+    tonight's night is never one of them, even when it is older (a back-filled night).
+    Each goes from the catalog first, so the table's readers stop seeing it, then its
+    directory is renamed into ``<tables>/_expired/<table>/`` (a reader that reads the
+    files sees the whole night or none of it) and deleted there; what a run killed while
+    deleting left there goes first. Returns the nights removed and, for each that could
+    not be, a line saying why; those stay published, and the next run tries again."""
+    if keep < 1:
+        return [], []
+    nights = sorted(_nights(table_uri))
+    old = [night for night in nights[:-keep] if night != tonight]
+    expired = side_dir(table_uri, "expired")
+    for left in io.list_dir(expired):
+        try:
+            io.delete(io.join(expired, left))
+        except OSError as exc:
+            log.warning("cannot remove %s (%s)", io.join(expired, left), io.strerror(exc))
+    removed: list[str] = []
+    failed: list[str] = []
+    for night in old:
+        try:
+            spark.sql(f"ALTER TABLE {full_name} DROP IF EXISTS "
+                      f"PARTITION (run_date = '{night}')")
+        except Exception as exc:  # pyspark's AnalysisException, py4j's Py4JJavaError
+            text = str(exc).strip()
+            failed.append(f"{full_name} run_date={night}: the catalog refused to drop it "
+                          f"({text.splitlines()[0][:300] if text else type(exc).__name__})")
+            continue
+        try:
+            gone = io.join(expired, f"run_date={night}-{run_id}")
+            io.move(partition_uri(table_uri, night), gone)
+            io.delete(gone)
+        except OSError as exc:
+            failed.append(f"{full_name} run_date={night}: dropped from the catalog, but its "
+                          f"files stay at {partition_uri(table_uri, night)} "
+                          f"({io.strerror(exc)})")
+            continue
+        removed.append(night)
+    if old:
+        spark.sql(f"REFRESH TABLE {full_name}")
+    if removed:
+        log.info("%s: removed %d night(s) older than the newest %d: %s", full_name,
+                 len(removed), keep, ", ".join(removed))
+    return removed, failed
+
+
 def _add_partitions(spark: SparkSession, full_name: str, nights: list[str]) -> None:
     if nights:
         spark.sql(f"ALTER TABLE {full_name} ADD IF NOT EXISTS "

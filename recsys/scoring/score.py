@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +50,8 @@ from recsys.index import similar
 from recsys.publish.claim import claim_night
 from recsys.publish.parts import PartWriter, keep_only, part_name, task_identity
 from recsys.publish.tables import (
-    add_night, check_metastore_dir, commit_partition, prepare_table, stage_partition)
+    add_night, check_metastore_dir, commit_partition, expire_nights, prepare_table,
+    stage_partition)
 from recsys.spark import local_dirs
 
 log = logging.getLogger(__name__)
@@ -343,6 +344,23 @@ def _unstage_on_failure(staged: list[str], table_root: str, run_dir: str,
     return unstage
 
 
+def _expire(spark: SparkSession, tables: dict[str, str], uris: dict[str, str], *,
+            keep: int, tonight: str, run_id: str) -> dict[str, Any]:
+    """``score.keep_nights``: each table's nights beyond its newest ``keep`` removed, once
+    tonight's are published. A night that cannot be removed is said (warning, manifest)
+    and stays; tonight's run still succeeds."""
+    nights: set[str] = set()
+    failed: list[str] = []
+    for key, full in tables.items():
+        gone, refused = expire_nights(spark, full, uris[key], keep=keep, tonight=tonight,
+                                      run_id=run_id)
+        nights.update(gone)
+        failed.extend(refused)
+    for line in failed:
+        log.warning("score.keep_nights: %s", line)
+    return {"keep_nights": keep, "nights": sorted(nights), "failed": failed}
+
+
 def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
               run_date: str | None = None) -> ScoreResult:
     """Score every user of the preprocess run's histories and publish the three tables."""
@@ -425,6 +443,10 @@ def run_score(spark: SparkSession, config: Config, inputs: ScoreInputs, *,
                 commit_partition(directory, table_uri=uris[key], run_date=run_date,
                                  run_id=run_id, manifest=published)
                 add_night(spark, tables[key], run_date)
+        if cfg.keep_nights:
+            with manifest.timed("expire_nights"):
+                manifest["expired"] = _expire(spark, tables, uris, keep=cfg.keep_nights,
+                                              tonight=run_date, run_id=run_id)
         manifest["tables"] = {k: {"name": v, "partition": f"run_date={run_date}"}
                               for k, v in tables.items()}
         manifest["table_root"] = table_root

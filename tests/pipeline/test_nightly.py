@@ -707,3 +707,26 @@ def test_an_unchanged_release_is_not_preprocessed_again_when_so_configured(tmp_p
     manifest["counts"]["rows_by_reason"]["ratings"]["timestamp_out_of_range"] = 1
     io.write_text(io.join(latest, artifacts.MANIFEST), json.dumps(manifest))
     assert preprocess_skip(root, same) == ""  # a rating from the future may be valid now
+
+
+def test_the_summary_names_the_nights_score_keep_nights_removed_and_those_it_could_not():
+    from recsys.nightly import NightlyResult, StageResult, format_summary
+
+    def said(expired: dict) -> list[str]:
+        score = StageResult("score", "ok", 13.4, run_id="r1", details={
+            "counts": {"users": 610, "top_n": 100}, "table_root": "file:///t",
+            "tables": {"recommendations": {"name": "default.movielens_recommendations"}},
+            "expired": expired})
+        text = format_summary(NightlyResult("n1", "2026-11-24", 0, "/l/n1.log", [score]))
+        return [line.strip() for line in text.splitlines() if "keep_nights" in line]
+
+    assert said({"keep_nights": 2, "nights": ["2026-11-20", "2026-11-21"], "failed": []}) == [
+        "score.keep_nights = 2: removed 2026-11-20, 2026-11-21"]
+    assert said({"keep_nights": 2, "nights": [], "failed": [
+        "default.t run_date=2026-11-10: dropped from the catalog, but its files stay at "
+        "file:///t/run_date=2026-11-10 (Permission denied)"]}) == [
+        "score.keep_nights = 2: removed no night; NOT removed: default.t run_date=2026-11-10: "
+        "dropped from the catalog, but its files stay at file:///t/run_date=2026-11-10 "
+        "(Permission denied)"]
+    assert said({"keep_nights": 2, "nights": [], "failed": []}) == []  # nothing to say
+    assert said(None) == []  # 0: the key is not set

@@ -178,3 +178,81 @@ def test_a_catalog_table_at_another_place_is_refused_until_dropped(spark, tmp_pa
                      "FROM placed.scores GROUP BY run_date").collect()
     assert {r.d: r.v for r in rows} == {"2026-11-21": 10}
     spark.sql("DROP DATABASE placed CASCADE")
+
+
+def test_keep_nights_removes_older_nights_from_the_catalog_then_the_disk(spark, tmp_path,
+                                                                        monkeypatch):
+    """``score.keep_nights``: after tonight is published, nights older than the newest
+    ``keep`` leave the catalog and the disk; tonight's stays even when it is older (a
+    back-filled night); a night that cannot be moved stays published and is said."""
+    import pyarrow as pa
+
+    from recsys.publish.tables import expire_nights, register_table
+
+    table = tmp_path / "tables" / "scores"
+    columns = pa.schema([("user_id", pa.int32()), ("value", pa.int32())])
+    for day, value in (("20", 1), ("21", 2), ("22", 3), ("23", 4)):
+        _night(spark, table, f"2026-11-{day}", f"r{day}", value)
+    spark.sql("DROP DATABASE IF EXISTS kept CASCADE")
+    full = register_table(spark, database="kept", name="scores", table_uri=str(table),
+                          columns=columns, run_date="2026-11-23")
+
+    def in_catalog() -> dict[str, int]:
+        rows = spark.sql("SELECT CAST(run_date AS STRING) AS d, sum(value) AS v "
+                         f"FROM {full} GROUP BY run_date").collect()
+        return {r.d: r.v for r in rows}
+
+    def on_disk() -> list[str]:
+        return sorted(p.name for p in table.iterdir())
+
+    def partitions() -> list[str]:
+        return sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {full}").collect())
+
+    assert expire_nights(spark, full, str(table), keep=0, tonight="2026-11-23",
+                         run_id="x0") == ([], [])  # 0: every night kept
+    assert len(on_disk()) == 4
+    # what a run killed while deleting left in _expired goes first
+    left = tmp_path / "tables" / "_expired" / "scores" / "run_date=2026-11-01-dead"
+    left.mkdir(parents=True)
+    (left / "part-0.parquet").write_bytes(b"half")
+    removed, failed = expire_nights(spark, full, str(table), keep=2, tonight="2026-11-23",
+                                    run_id="x1")
+    assert (removed, failed) == (["2026-11-20", "2026-11-21"], [])
+    assert on_disk() == ["run_date=2026-11-22", "run_date=2026-11-23"]
+    assert partitions() == ["run_date=2026-11-22", "run_date=2026-11-23"]
+    assert in_catalog() == {"2026-11-22": 15, "2026-11-23": 20}
+    assert list((tmp_path / "tables" / "_expired" / "scores").iterdir()) == []
+    # a back-filled night older than the nights kept is tonight's: it stays
+    _night(spark, table, "2026-11-10", "r10", 9)
+    register_table(spark, database="kept", name="scores", table_uri=str(table),
+                   columns=columns, run_date="2026-11-10")
+    assert expire_nights(spark, full, str(table), keep=2, tonight="2026-11-10",
+                         run_id="x2") == ([], [])
+    assert in_catalog() == {"2026-11-10": 45, "2026-11-22": 15, "2026-11-23": 20}
+    # the next night: 2026-11-10 and 2026-11-22 are beyond the newest two; one cannot be
+    # moved (a filesystem that refuses): it is said, and the other goes all the same
+    _night(spark, table, "2026-11-24", "r24", 5)
+    register_table(spark, database="kept", name="scores", table_uri=str(table),
+                   columns=columns, run_date="2026-11-24")
+    real_move = io.move
+
+    def refusing(src: str, dst: str) -> None:
+        if "run_date=2026-11-10" in src:
+            raise PermissionError(13, "Permission denied")
+        real_move(src, dst)
+
+    monkeypatch.setattr(io, "move", refusing)
+    removed, failed = expire_nights(spark, full, str(table), keep=2, tonight="2026-11-24",
+                                    run_id="x3")
+    assert removed == ["2026-11-22"]
+    assert failed == [f"kept.scores run_date=2026-11-10: dropped from the catalog, but its "
+                      f"files stay at {io.normalize_uri(str(table / 'run_date=2026-11-10'))} "
+                      "(Permission denied)"]
+    assert on_disk() == ["run_date=2026-11-10", "run_date=2026-11-23", "run_date=2026-11-24"]
+    assert in_catalog() == {"2026-11-23": 20, "2026-11-24": 25}
+    monkeypatch.setattr(io, "move", real_move)
+    # the next run tries again
+    assert expire_nights(spark, full, str(table), keep=2, tonight="2026-11-24",
+                         run_id="x4") == (["2026-11-10"], [])
+    assert on_disk() == ["run_date=2026-11-23", "run_date=2026-11-24"]
+    spark.sql("DROP DATABASE kept CASCADE")
