@@ -491,11 +491,23 @@ class NightlyConfig:
     class_archive: str = ""
     #: After a night that succeeds, keep this many of the newest runs of each stage,
     #: nightly summaries and log files, plus every run still in use (recsys.retention);
-    #: 0 = keep everything. The published tables are never pruned.
+    #: 0 = keep everything. The published tables' nights are not pruned here
+    #: (score.keep_nights).
     keep_runs: int = 7
+    #: A stage still running after this many hours is stopped (SIGTERM, SIGKILL
+    #: stop_grace_seconds later) and fails the night with its stage's exit code: a stage
+    #: that hangs (a read that never returns) would otherwise hold the lock, and every
+    #: later night would exit 10 until someone killed it. 0 = no limit. The full-scale
+    #: evaluation, the longest stage, took 68 min with one ALS configuration (BENCHMARKS.md).
+    stage_timeout_hours: float = 12.0
+    #: A stage being stopped (a SIGTERM to the nightly, or stage_timeout_hours) gets this
+    #: many seconds to unwind and record its run as failed; then whatever is left of its
+    #: processes gets SIGKILL.
+    stop_grace_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        _Check("nightly", self).at_least(0, "max_model_age_hours", "keep_runs")
+        _Check("nightly", self).at_least(0, "max_model_age_hours", "keep_runs",
+                                         "stage_timeout_hours", "stop_grace_seconds")
         for key in ("spark_submit_args", "score_java_options"):
             try:
                 words = shlex.split(getattr(self, key))

@@ -19,7 +19,9 @@
 * **Exit codes.** 0 ok; :data:`EXIT_LOCKED` another run holds the lock; ``10 + n`` stage
   ``n`` failed (11 preprocess, 12 train, 13 index, 14 score, 15 evaluate) — the stage's
   own exit code (2 config, 3 input data, 4 artifact, 5 catalog, 6 Spark did not start,
-  1 other) is in the log and summary.
+  1 other) is in the log and summary. A stage still running after
+  ``nightly.stage_timeout_hours`` is stopped and fails the night the same way, so that a
+  hung stage does not hold the lock against every later night.
 * **Logs and summary.** One log file per run in ``nightly.log_dir`` with every stage's
   output; a summary (per-stage status, timings, counts, metrics, where the tables are)
   printed at the end and written to ``<root>/nightly/<run_id>/summary.json``.
@@ -43,6 +45,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -365,13 +368,17 @@ class Runner:
     """Runs the stage commands, streaming their output into the run's log file."""
 
     def __init__(self, log: IO[str], pass_fds: tuple[int, ...] = (),
-                 echo: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+                 echo: Callable[[str], None] = lambda line: print(line, flush=True), *,
+                 grace_s: float = 60) -> None:
         self.log = log
+        self.grace_s = grace_s  # nightly.stop_grace_seconds: SIGTERM, then SIGKILL
         self.pass_fds = pass_fds  # the lock and the scratch directory's: stages hold them too
         self.echo = echo
         self.child: subprocess.Popen | None = None
         self.stopped_by = ""  # the first SIGTERM / SIGINT received, by name
         self.log_lost = ""  # why the log file could not be written (e.g. a full disk)
+        self.timed_out = False  # the running stage passed nightly.stage_timeout_hours
+        self._writing = threading.Lock()  # the time limit's note comes from its own thread
 
     def _log(self, text: str) -> bool:
         """Append to the run's log file; once that fails (a full disk), say so on the
@@ -379,8 +386,9 @@ class Runner:
         if self.log_lost:
             return False
         try:
-            self.log.write(text)
-            self.log.flush()
+            with self._writing:
+                self.log.write(text)
+                self.log.flush()
             return True
         except OSError as exc:
             self.log_lost = exc.strerror or str(exc)
@@ -407,10 +415,14 @@ class Runner:
         self._log(line + "\n")
         self.echo(line)
 
-    def run(self, cmd: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    def run(self, cmd: list[str], env: dict[str, str], *, limit_hours: float = 0
+            ) -> tuple[int, list[str]]:
+        """Run one stage to its end; with ``limit_hours`` (> 0) a stage still running
+        then is stopped as by :meth:`stop_child`, and :attr:`timed_out` says so."""
         if not self._log(f"$ {shlex.join(cmd)}\n"):
             self.echo(f"$ {shlex.join(cmd)}")
         tail: list[str] = []
+        self.timed_out = False
         if self.stopped_by:
             raise KeyboardInterrupt
         self.child = subprocess.Popen(
@@ -420,32 +432,76 @@ class Runner:
         if self.stopped_by:  # the signal came while it started
             self.stop_child()
             raise KeyboardInterrupt
-        assert self.child.stdout is not None
-        for line in self.child.stdout:
-            if not self._log(line):
-                self.echo(line.rstrip("\n"))
-            if not _STACK_FRAME.match(line):  # a JVM's stack would push its message out
-                tail = (tail + [line.rstrip()])[-15:]
-        code = self.child.wait()
+        timer = None
+        if limit_hours > 0:
+            timer = threading.Timer(limit_hours * 3600, self._time_out,
+                                    args=(self.child, limit_hours))
+            timer.daemon = True
+            timer.start()
+        try:
+            assert self.child.stdout is not None
+            for line in self.child.stdout:
+                if not self._log(line):
+                    self.echo(line.rstrip("\n"))
+                if not _STACK_FRAME.match(line):  # a JVM's stack would push its message out
+                    tail = (tail + [line.rstrip()])[-15:]
+            code = self.child.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()  # one that fired stops the rest of the stage's process group
         self.child = None
         return code, tail
 
-    def stop_child(self, grace_s: float = 60) -> None:
-        """SIGTERM the running stage's process group; SIGKILL it after ``grace_s``. Waits,
-        so that the stage no longer holds the lock when the nightly exits."""
+    def _time_out(self, child: subprocess.Popen, limit_hours: float) -> None:
+        """``nightly.stage_timeout_hours`` reached (the timer's thread): the stage goes
+        the way a SIGTERM to the nightly would stop it, and the night fails there."""
+        if child is not self.child or child.poll() is not None:
+            return  # it ended as the limit came
+        self.timed_out = True
+        self.note(f"the running stage passed nightly.stage_timeout_hours = {limit_hours:g}: "
+                  f"stopping it (SIGTERM; SIGKILL {self.grace_s:g} s later)")
+        self.stop_child()
+
+    def stop_child(self) -> None:
+        """SIGTERM the running stage's process group; SIGKILL it after :attr:`grace_s` if
+        any of it is left. Waits, so that the stage no longer holds the lock when the nightly
+        exits. The whole group counts, not only its leader: under ``spark-submit`` the job's
+        Python process is a child of the driver JVM, which exits at once on SIGTERM, while
+        the Python process may sit in a read that does not return to the interpreter (a
+        pipe, a hung mount) and never run its SIGTERM handler."""
         child = self.child
         if child is None or child.poll() is not None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(child.pid, sig)
-            except ProcessLookupError:
+        group = child.pid  # start_new_session: the stage leads its own process group
+        try:
+            os.killpg(group, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline:
+            if child.poll() is not None and not _group_alive(group):
                 return
-            try:
-                child.wait(timeout=grace_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            time.sleep(0.2)
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=max(self.grace_s, 10))
+        except subprocess.TimeoutExpired:  # in the kernel (a hung mount): nothing more to do
+            pass
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any process of the process group is left."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # one is left, as another user
+        return True
+    return True
 
 
 @contextmanager
@@ -623,7 +679,8 @@ def run_nightly(config: Config, *, run_date: str | None = None, force_train: boo
     lock = Lock(lock_path, setting="nightly.lock_file" if n.lock_file else "nightly.log_dir")
     with lock, _open_log(log_file) as log, _scratch(config) as scratch:
         assert lock.fd is not None and scratch.fd is not None
-        runner = Runner(log, (lock.fd, scratch.fd), echo)
+        runner = Runner(log, (lock.fd, scratch.fd), echo,
+                        grace_s=config.nightly.stop_grace_seconds)
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         for s in previous:
             signal.signal(s, lambda signum, _frame: runner.stop(signum))
@@ -678,7 +735,7 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         runner.note(f"{stage}: started")
         start = time.perf_counter()
         try:
-            code, tail = runner.run(commands[stage], env)
+            code, tail = runner.run(commands[stage], env, limit_hours=n.stage_timeout_hours)
         except KeyboardInterrupt:
             wall = round(time.perf_counter() - start, 1)
             results.append(StageResult(stage, "failed", wall, EXIT_INTERRUPTED,
@@ -689,6 +746,10 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
         wall = round(time.perf_counter() - start, 1)
         if code != 0:
             reason = _failure_reason(tail, _job_name(stage))
+            if runner.timed_out:  # its last line says nothing of that: it was cut off
+                reason = (f"timed out: still running after nightly.stage_timeout_hours = "
+                          f"{n.stage_timeout_hours:g}, and stopped (a hung stage would hold "
+                          "the lock against every later night); its output is in the log")
             results.append(StageResult(stage, "failed", wall, code, reason=reason))
             runner.note(f"{stage}: FAILED with exit code {code} after {wall:.1f} s: {reason}")
             exit_code = EXIT_STAGE_BASE + number

@@ -115,6 +115,8 @@ def test_bad_overrides_name_the_key(override, message):
         ("nightly.max_model_age_hours=-1", "nightly.max_model_age_hours must be >= 0, got -1.0"),
         ("nightly.keep_runs=-1", "nightly.keep_runs must be >= 0, got -1"),
         ("score.keep_nights=-1", "score.keep_nights must be >= 0, got -1"),
+        ("nightly.stage_timeout_hours=-1", "nightly.stage_timeout_hours must be >= 0, got -1.0"),
+        ("nightly.stop_grace_seconds=-1", "nightly.stop_grace_seconds must be >= 0, got -1.0"),
     ],
 )
 def test_values_out_of_range_name_the_key_and_the_rule(override, message):
@@ -130,6 +132,7 @@ def test_values_at_the_edges_of_their_range_are_accepted():
         "data.encoding=latin-1", "spark.log_level=info", "index.recall_floor=1",
         "evaluate.ease_max_movies=0", "nightly.max_model_age_hours=0", "train.min_target_rating=0",
         "nightly.keep_runs=0", "score.keep_nights=0",
+        "nightly.stage_timeout_hours=0", "nightly.stop_grace_seconds=0",
     ])
     assert (cfg.train.patience, cfg.model.tower_layers, cfg.spark.log_level) == (0, (), "info")
 

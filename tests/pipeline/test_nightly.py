@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,46 @@ def test_a_second_run_while_one_holds_the_lock_exits_with_its_own_code(first_nig
     assert "another nightly run holds" in done.stderr and f"pid {os.getpid()}" in done.stderr
     assert time.time() - started < 60  # refused up front: nothing ran
     assert not night(base, "2026-11-22").exists()
+
+
+
+def test_a_stage_that_hangs_is_stopped_at_the_time_limit_and_frees_the_lock(tmp_path):
+    """A read that never returns (here ratings.csv is a named pipe no one writes, as a
+    hung network mount behaves) kept the stage, and with it the lock, for good: every
+    later night exited 10. ``nightly.stage_timeout_hours`` stops it and fails the night
+    with the stage's code."""
+    release = tmp_path / "release"
+    release.mkdir()
+    shutil.copy(SMALL / "movies.csv", release / "movies.csv")
+    os.mkfifo(release / "ratings.csv")
+    done = subprocess.run(args(tmp_path, "2026-11-20", *LATER, "--set",
+                               "nightly.stage_timeout_hours=0.002", "--set",
+                               "nightly.stop_grace_seconds=5", source=release),
+                          env=env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 11, done.stdout[-3000:]  # preprocess failed
+    stages = {st["name"]: st for st in summary(tmp_path)["stages"]}
+    assert stages["preprocess"]["status"] == "failed"
+    assert stages["preprocess"]["reason"].startswith(
+        "timed out: still running after nightly.stage_timeout_hours = 0.002, and stopped")
+    assert stages["train"]["status"] == "not run"
+    # the job's Python process sits in the read, where its SIGTERM handler cannot run,
+    # after the driver JVM above it has exited: it is the rest of the group that needs the
+    # SIGKILL, 5 s later
+    assert 12.2 <= stages["preprocess"]["wall_s"] < 60
+    assert "the running stage passed nightly.stage_timeout_hours = 0.002: stopping it " \
+        "(SIGTERM; SIGKILL 5 s later)" in Path(summary(tmp_path)["log_file"]).read_text()
+    with Lock(str(tmp_path / "logs" / "nightly.lock")):  # free: the next night can run
+        pass
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit()
+            and str(tmp_path).encode() in _cmdline(pid)]
+    assert left == [], [_cmdline(pid) for pid in left]
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 JAVA_FAILURE = """
