@@ -18,6 +18,7 @@ from recsys.artifacts import ArtifactError
 from recsys.config import ConfigError
 from recsys.data.errors import InputDataError
 from recsys.io import ArtifactIOError, storage_full, storage_refused
+from recsys.model.errors import UnusableModelError
 from recsys.publish import CatalogUnavailableError
 from recsys.publish.claim import NightClaimedError
 from recsys.spark import SparkStartError, worker_import_error, worker_python_hint
@@ -31,6 +32,7 @@ EXIT_ARTIFACT = 4
 EXIT_CATALOG = 5
 EXIT_SPARK_START = 6
 EXIT_BUSY = 7
+EXIT_MODEL = 8
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -42,6 +44,7 @@ _KNOWN: tuple[tuple[type[BaseException], int, str], ...] = (
     (CatalogUnavailableError, EXIT_CATALOG, "catalog error"),
     (SparkStartError, EXIT_SPARK_START, "Spark did not start"),
     (NightClaimedError, EXIT_BUSY, "another run"),
+    (UnusableModelError, EXIT_MODEL, "model error"),
 )
 
 

@@ -275,6 +275,12 @@ class TrainConfig:
     select_metric: str = "recall@20"
     #: Stop after this many epochs without improvement (0: run every epoch).
     patience: int = 2
+    #: The trained model's select_metric on the validation users must reach this share of
+    #: most-popular's there, or the run fails (exit 8) and the latest model stays the one
+    #: scored: a model that does much worse than recommending the most popular movies is
+    #: broken, not merely weak. Not checked with fewer than 20 validation users (too few to
+    #: tell the two apart). 0 = not checked.
+    min_recall_vs_popular: float = 0.5
     #: Validation users scored per batch when computing metrics.
     eval_batch_size: int = 512
     #: Write TensorBoard logs under <run>/tensorboard.
@@ -284,7 +290,7 @@ class TrainConfig:
         check = _Check("train", self).at_least(
             1, "epochs", "batch_size", "examples_per_user", "targets_per_window",
             "users_per_chunk", "eval_batch_size")
-        check.at_least(0, "patience").positive("learning_rate")
+        check.at_least(0, "patience", "min_recall_vs_popular").positive("learning_rate")
         check.within("min_target_rating", 0.0, 5.0)
         check.one_of("objective", OBJECTIVES).one_of("select_metric", SELECT_METRICS)
         check.within("set_holdout_fraction", 0.0, 1.0, open_low=True, open_high=True)

@@ -242,7 +242,8 @@ def catalog_change(root: str, train: dict[str, Any], prep: dict[str, Any]
 #: model's decide whether a young model is retrained (:func:`config_change`).
 MODEL_SECTIONS = ("split", "model", "train")
 #: Keys of those sections that do not change the trained model.
-NOT_THE_MODEL = frozenset({"train.tensorboard", "train.eval_batch_size"})
+NOT_THE_MODEL = frozenset({"train.tensorboard", "train.eval_batch_size",
+                           "train.min_recall_vs_popular"})
 
 
 def config_change(run: dict[str, Any], config: Config,

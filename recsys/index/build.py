@@ -63,6 +63,10 @@ def read_movie_embeddings(train_dir: str) -> tuple[np.ndarray, np.ndarray]:
     values = col.values.to_numpy(zero_copy_only=False).astype(np.float32)
     if values.size != ids.size * dim:
         raise artifacts.ArtifactError(f"{train_dir}/movie_embeddings has ragged embeddings")
+    if not np.isfinite(values).all():  # a model trained before training refused such ones
+        raise artifacts.ArtifactError(
+            f"{train_dir}/movie_embeddings holds NaN or infinite values: that training "
+            "diverged; train again (with a lower train.learning_rate)")
     return values.reshape(ids.size, dim), ids
 
 

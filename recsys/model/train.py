@@ -42,6 +42,7 @@ from recsys.config import Config
 from recsys.data.errors import InputDataError
 from recsys.evaluation.metrics import most_popular_scores, ranking_metrics, top_k_exact
 from recsys.model import export
+from recsys.model.errors import UnusableModelError
 from recsys.model.examples import (
     VALIDATION, CorpusScan, ExampleStream, HeldOutUsers, Splits, held_out_users,
 )
@@ -217,6 +218,12 @@ def validation_metrics(trained: Trained, users: HeldOutUsers, *, k: int = 100,
     n = users.user_ids.size
     movie_emb = trained.movie_embeddings()
     user_emb = trained.user_embeddings(users)
+    for name, emb in (("movie", movie_emb), ("validation users'", user_emb)):
+        if not np.isfinite(emb).all():
+            raise UnusableModelError(
+                f"the model's {name} embeddings hold NaN or infinite values: the training "
+                f"diverged; lower train.learning_rate (now "
+                f"{trained.stream.train.learning_rate:g}) and train again")
 
     ranked, _ = top_k_exact(lambda rows: user_emb[rows] @ movie_emb.T, n, k, seen,
                             batch_size=batch_size)
@@ -226,6 +233,28 @@ def validation_metrics(trained: Trained, users: HeldOutUsers, *, k: int = 100,
                                  batch_size=batch_size)
         out["most_popular"] = ranking_metrics(popular, users.truth)
     return out
+
+
+#: Fewer validation users than this, and train.min_recall_vs_popular is not checked.
+CHECK_MIN_USERS = 20
+
+
+def check_against_popular(validation: dict[str, dict[str, float]], *, metric: str,
+                          min_ratio: float) -> None:
+    """``train.min_recall_vs_popular``: the model's ``metric`` on the validation users
+    must reach ``min_ratio`` times most-popular's, or :class:`UnusableModelError`."""
+    model, popular = validation.get("model", {}), validation.get("most_popular", {})
+    users = int(model.get("users", 0))
+    if min_ratio <= 0 or users < CHECK_MIN_USERS or metric not in popular:
+        return
+    if model[metric] < min_ratio * popular[metric]:
+        raise UnusableModelError(
+            f"the trained model's validation {metric} is {model[metric]:.4f} on {users} "
+            f"users, below train.min_recall_vs_popular = {min_ratio:g} times "
+            f"most-popular's {popular[metric]:.4f} there: it is not published, and the "
+            "latest model stays the one scored. Look at the training's loss and settings "
+            "(a learning rate too high or too low, too few epochs), or set "
+            "train.min_recall_vs_popular=0 to publish it all the same")
 
 
 def _write_outputs(stage: str, trained: Trained, config: Config, run_id: str,
@@ -301,6 +330,9 @@ def run_train(config: Config, *, run_id: str | None = None,
             validation = validation_metrics(trained, users,
                                             batch_size=config.train.eval_batch_size)
         metrics = {"history": trained.history, "validation": validation}
+        manifest["metrics"] = metrics  # also in a run that fails the check below
+        check_against_popular(validation, metric=config.train.select_metric,
+                              min_ratio=config.train.min_recall_vs_popular)
         examples = trained.stream.examples_drawn
         manifest["counts"] = {
             "movies": catalog.size,

@@ -92,3 +92,25 @@ def test_a_tuned_value_short_of_the_floor_on_the_other_users_is_stepped_up():
                                               floor=recall[3], manifest=manifest)
     assert kept_settings == settings and got == recall[3]
     assert "stepped_up" not in manifest["search_tuning"]
+
+
+def test_movie_embeddings_of_a_diverged_training_are_an_artifact_error(tmp_path):
+    """A model committed before training refused diverged ones: the index said
+    ``ValueError: movie embeddings contain NaN or infinite values`` with a traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    (tmp_path / "movie_embeddings").mkdir()
+    table = pa.table({"movie_id": pa.array([1, 2], pa.int32()),
+                      "embedding": pa.array([[0.5, 0.5], [float("nan"), 1.0]],
+                                            pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "movie_embeddings" / "part-0.parquet")
+    with pytest.raises(artifacts.ArtifactError, match=r"movie_embeddings holds NaN or "
+                       r"infinite values: that training diverged; train again"):
+        build.read_movie_embeddings(str(tmp_path))
+    pq.write_table(table.set_column(1, "embedding", pa.array(
+        [[0.5, 0.5], [0.25, 1.0]], pa.list_(pa.float32()))),
+        tmp_path / "movie_embeddings" / "part-0.parquet")
+    emb, ids = build.read_movie_embeddings(str(tmp_path))
+    assert emb.shape == (2, 2) and ids.tolist() == [1, 2]

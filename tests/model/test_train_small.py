@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -159,8 +160,9 @@ def test_matrix_factorization_baseline_trains_and_exports(small_run, tmp_path):
 
 def test_train_job_runs_and_fails_clearly_without_preprocess(small_run, tmp_path, job_env):
     config, _ = small_run
+    # four steps of training: far below most-popular, which the job would refuse to commit
     cmd = [sys.executable, str(REPO / "jobs/train.py"), "--set", "train.epochs=1",
-           "--set", "train.examples_per_user=32"]
+           "--set", "train.examples_per_user=32", "--set", "train.min_recall_vs_popular=0"]
     ok = subprocess.run(cmd + ["--artifact-root", config.artifact_root], env=job_env,
                         capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -184,3 +186,81 @@ def test_a_corrupt_preprocess_run_is_refused_before_training(small_run, tmp_path
                                                       "manifest says [0-9]+: truncated"):
         run_train(config.replace(artifact_root=str(root)))
     assert not (root / "train").exists()
+
+
+def _own_root(config, tmp_path):  # noqa: ANN001
+    """A root holding a copy of the shared preprocess run: a failed train run stays here."""
+    import shutil
+
+    root = tmp_path / "art"
+    shutil.copytree(io.local_path(config.artifact_root) + "/preprocess", root / "preprocess")
+    return root
+
+
+def test_a_training_that_diverges_is_refused_and_the_latest_model_stays(small_run, tmp_path):
+    """Was committed as the latest model (loss nan, validation recall 0.0000): the index
+    then failed on it with a ValueError traceback every night until the model aged out."""
+    from recsys.model.errors import UnusableModelError
+
+    config, _ = small_run
+    root = _own_root(config, tmp_path)
+    cfg = config.replace(artifact_root=str(root), train=TrainConfig(
+        epochs=1, examples_per_user=16, learning_rate=1e6, tensorboard=False))
+    with pytest.raises(UnusableModelError, match=r"the model's movie embeddings hold NaN or "
+                       r"infinite values: the training diverged; lower "
+                       r"train.learning_rate \(now 1e\+06\) and train again"):
+        run_train(cfg, run_id="diverged")
+    assert not (root / "train" / "LATEST").exists()
+    failed = json.loads((root / "train" / "diverged" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "diverged" in failed["error"]
+    assert not (root / "train" / "diverged" / "movie_embeddings").exists()
+
+
+def test_a_model_far_below_most_popular_is_refused_unless_so_configured(small_run, tmp_path,
+                                                                        job_env):
+    """``train.min_recall_vs_popular``: a model that learned nothing (a learning rate a
+    million times too small) fails the train job with exit 8; with the check off it is
+    committed as before."""
+    config, _ = small_run
+    root = _own_root(config, tmp_path)
+    cmd = [sys.executable, str(REPO / "jobs/train.py"), "--artifact-root", str(root),
+           "--set", "train.epochs=1", "--set", "train.examples_per_user=16",
+           "--set", "train.learning_rate=1e-9", "--set", "train.tensorboard=false"]
+    refused = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 8, refused.stderr[-3000:]
+    said = refused.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"train: model error: the trained model's validation recall@20 is (0\.\d{4}) on "
+        r"(\d+) users, below train.min_recall_vs_popular = 0.5 times most-popular's "
+        r"(0\.\d{4}) there: it is not published, and the latest model stays the one "
+        r"scored\. .* or set train.min_recall_vs_popular=0 to publish it all the same", said)
+    model, users, popular = re.fullmatch(r".* is (\S+) on (\d+) users.* most-popular's (\S+) "
+                                         r"there.*", said).groups()
+    assert float(model) < 0.5 * float(popular) and int(users) >= 20
+    assert not (root / "train" / "LATEST").exists()
+    [run] = [p for p in (root / "train").iterdir()]
+    failed = json.loads((run / "manifest.json").read_text())
+    assert failed["status"] == "failed"
+    assert failed["metrics"]["validation"]["model"]["recall@20"] == pytest.approx(float(model),
+                                                                                  abs=1e-4)
+    kept = subprocess.run(cmd + ["--set", "train.min_recall_vs_popular=0"], env=job_env,
+                          capture_output=True, text=True, timeout=600)
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert (root / "train" / "LATEST").is_file()
+
+
+def test_the_check_against_most_popular_needs_enough_validation_users():
+    from recsys.model.errors import UnusableModelError
+    from recsys.model.train import check_against_popular
+
+    def validation(model: float, popular: float, users: int) -> dict:
+        return {"model": {"recall@20": model, "users": users},
+                "most_popular": {"recall@20": popular, "users": users}}
+
+    check = dict(metric="recall@20", min_ratio=0.5)
+    check_against_popular(validation(0.05, 0.1, 20), **check)  # exactly half: kept
+    with pytest.raises(UnusableModelError, match="is 0.0499 on 20 users"):
+        check_against_popular(validation(0.0499, 0.1, 20), **check)
+    check_against_popular(validation(0.0, 0.1, 19), **check)  # too few users to tell
+    check_against_popular(validation(0.0, 0.1, 500), metric="recall@20", min_ratio=0)
+    check_against_popular({}, **check)  # no validation users at all
