@@ -746,11 +746,12 @@ def _run_stages(config: Config, runner: Runner, run_id: str, run_date: str, root
             break
         wall = round(time.perf_counter() - start, 1)
         if code != 0:
-            reason = _failure_reason(tail, _job_name(stage))
             if runner.timed_out:  # its last line says nothing of that: it was cut off
                 reason = (f"timed out: still running after nightly.stage_timeout_hours = "
                           f"{n.stage_timeout_hours:g}, and stopped (a hung stage would hold "
                           "the lock against every later night); its output is in the log")
+            else:
+                reason = _failure_reason(tail, _job_name(stage))
             results.append(StageResult(stage, "failed", wall, code, reason=reason))
             runner.note(f"{stage}: FAILED with exit code {code} after {wall:.1f} s: {reason}")
             exit_code = EXIT_STAGE_BASE + number

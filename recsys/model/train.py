@@ -330,7 +330,7 @@ def run_train(config: Config, *, run_id: str | None = None,
             validation = validation_metrics(trained, users,
                                             batch_size=config.train.eval_batch_size)
         metrics = {"history": trained.history, "validation": validation}
-        manifest["metrics"] = metrics  # also in a run that fails the check below
+        manifest["metrics"] = metrics  # before the check: a run it fails keeps them too
         check_against_popular(validation, metric=config.train.select_metric,
                               min_ratio=config.train.min_recall_vs_popular)
         examples = trained.stream.examples_drawn
@@ -343,7 +343,6 @@ def run_train(config: Config, *, run_id: str | None = None,
             "examples": examples,
             "examples_per_s": round(examples / max(manifest["timings_s"]["fit"], 1e-9), 1),
         }
-        manifest["metrics"] = metrics
         with manifest.timed("export"):
             with io.names_storage_errors(f"{stage}, the job's temporary directory (TMPDIR)"):
                 _write_outputs(stage, trained, config, run_id, metrics)
